@@ -1,0 +1,632 @@
+"""Hook builders: capture, splice, steer, ablate, clamp and project out, as plain TransformerLens hooks.
+
+Every builder returns a ``fwd_hooks`` list ``[(hook_name, fn)]`` with ``fn(activation, hook) ->
+activation``: pass it to ``model.run_with_hooks(..., fwd_hooks=...)``, ``with model.hooks(...)``,
+``model.generate`` under hooks, or :func:`apply`, and mix it with your own hooks at the same point.
+No builder touches the model.
+
+Two rules make the results trustworthy:
+
+* **Edits survive the error term.** Latent edits are applied as ``x + decode(f') - decode(f)``, so
+  the SAE's reconstruction error stays in the stream and a no-op edit returns ``x``.
+* **Positions are explicit and absolute.** Each hook selects positions with :class:`Positions`
+  (all, prompt, generated, last prompt token, or an explicit mask); BOS is excluded unless asked
+  for. Under a KV cache (``generate``), the first forward sees the whole prompt and later ones one
+  token each; the hook keeps the absolute offset, so "prompt" and "generated" stay right.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Sequence, Union
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from tl_persona.models import as_adapter
+from tl_persona.saes import check_latents, d_in, decode, decoder_directions, encode, sae_hook_name
+
+__all__ = [
+    "Positions",
+    "Hook",
+    "FwdHooks",
+    "LatentStore",
+    "capture_latents",
+    "capture_acts",
+    "splice",
+    "steer",
+    "steer_latent",
+    "ablate",
+    "clamp",
+    "project_out",
+    "apply",
+    "HookReport",
+    "hooks_attached",
+]
+
+PositionKind = Literal["all", "prompt", "generated", "last_prompt", "mask"]
+FwdHooks = list[tuple[str, Callable[[Tensor, Any], Tensor]]]
+"""A TransformerLens ``fwd_hooks`` list: ``[(hook_name, fn(activation, hook) -> activation)]``."""
+
+
+# --------------------------------------------------------------------------- positions
+@dataclass(frozen=True, eq=False)
+class Positions:
+    """Which token positions a hook acts on, in absolute positions of the (padded) sequence.
+
+    ``which``: ``"all"``, ``"prompt"`` (positions of the first forward chunk, i.e. the prompt
+    under ``generate``), ``"generated"`` (positions after it), ``"last_prompt"`` (the last prompt
+    token) or ``"mask"`` (exactly the True entries of ``mask``).
+    ``mask``: optional ``[batch, pos]`` bool tensor. With ``which="mask"`` it is the selection;
+    otherwise it marks the valid prompt tokens (False on padding and BOS), e.g.
+    ``batch.attention_mask & ~batch.bos_mask``, and positions beyond its width count as valid.
+    ``include_bos``: without a mask, absolute position 0 (where TransformerLens puts BOS) is
+    excluded unless this is True (set it for models that prepend no BOS).
+    """
+
+    which: PositionKind = "all"
+    mask: Bool[Tensor, "batch pos"] | None = None
+    include_bos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.which not in ("all", "prompt", "generated", "last_prompt", "mask"):
+            raise ValueError(
+                f"positions={self.which!r} is not one of 'all', 'prompt', 'generated', 'last_prompt', "
+                "'mask' (or pass a [batch, pos] bool tensor)"
+            )
+        if self.which == "mask" and self.mask is None:
+            raise ValueError("positions 'mask' needs mask=<[batch, pos] bool tensor>")
+        if self.mask is not None:
+            m = self.mask
+            if not isinstance(m, Tensor) or m.ndim != 2 or m.dtype != torch.bool:
+                raise ValueError(
+                    f"a position mask must be a 2-D bool tensor [batch, pos], got "
+                    f"{getattr(m, 'dtype', type(m).__name__)} of shape {tuple(getattr(m, 'shape', ()))}"
+                )
+            if not bool(m.any()):
+                raise ValueError(
+                    "the position mask selects no position; check it (e.g. all padding) or use "
+                    "positions='all'"
+                )
+            if self.which == "last_prompt" and not bool(m.any(-1).all()):
+                row = int((~m.any(-1)).nonzero()[0])
+                raise ValueError(f"positions='last_prompt': mask row {row} has no valid token")
+
+    @staticmethod
+    def of(spec: "PositionsLike") -> "Positions":
+        """Coerce a string, a bool mask tensor or a :class:`Positions` into :class:`Positions`."""
+        if isinstance(spec, Positions):
+            return spec
+        if isinstance(spec, Tensor):
+            return Positions("mask", spec)
+        if isinstance(spec, str):
+            return Positions(spec)  # type: ignore[arg-type]
+        raise ValueError(f"positions={spec!r:.60} must be a string, a bool tensor or a Positions")
+
+
+PositionsLike = Union[Positions, str, Tensor]
+
+
+class _Tracker:
+    """Absolute position bookkeeping for one hook across the chunks of a KV-cached generation."""
+
+    def __init__(self, spec: Positions) -> None:
+        self.spec = spec
+        self.reset()
+
+    def reset(self) -> None:
+        self.batch: int | None = None
+        self.prompt_len = 0
+        self.next = 0
+
+    def select(self, B: int, T: int, device: torch.device) -> Bool[Tensor, "batch pos"] | None:
+        """Bool mask of the selected positions in this chunk, or None when every position is."""
+        # A chunk of one token right after earlier chunks of the same batch continues them (KV cache);
+        # anything else starts a new sequence at absolute position 0.
+        if T == 1 and self.batch == B and self.next > 0:
+            offset = self.next
+        else:
+            offset, self.batch, self.prompt_len = 0, B, T
+        self.next = offset + T
+        s = self.spec
+        pos = torch.arange(offset, offset + T, device=device)
+        mask = s.mask.to(device) if s.mask is not None else None
+        if mask is not None and mask.shape[0] != B:
+            raise ValueError(
+                f"position mask has batch {mask.shape[0]} but the activation has batch {B}; build the "
+                "mask from the same tokens you run"
+            )
+        if s.which == "mask":
+            assert mask is not None
+            sel = torch.zeros(B, T, dtype=torch.bool, device=device)
+            inside = pos < mask.shape[1]
+            sel[:, inside] = mask[:, pos[inside]]
+            return sel
+        if mask is not None:
+            valid = torch.ones(B, T, dtype=torch.bool, device=device)
+            inside = pos < mask.shape[1]
+            valid[:, inside] = mask[:, pos[inside]]
+        else:
+            valid = (pos != 0) | s.include_bos
+            valid = valid.expand(B, T)
+        if s.which == "all":
+            return None if bool(valid.all()) else valid
+        if s.which == "prompt":
+            return valid & (pos < self.prompt_len)
+        if s.which == "generated":
+            return (pos >= self.prompt_len).expand(B, T).clone()
+        # last_prompt
+        if mask is not None:
+            w = min(mask.shape[1], self.prompt_len)
+            idx = torch.arange(w, device=device)
+            last = torch.where(mask[:, :w], idx, torch.full_like(idx, -1)).amax(-1)
+            return pos[None, :] == last[:, None]
+        return (pos == self.prompt_len - 1).expand(B, T).clone()
+
+
+# --------------------------------------------------------------------------- hook objects
+class Hook:
+    """Base of tl_persona's hook functions: a callable ``fn(activation, hook) -> activation`` that
+    counts its calls (``.calls``) and selects positions. Subclasses implement :meth:`edit`."""
+
+    kind = "hook"
+
+    def __init__(self, positions: PositionsLike = "all") -> None:
+        self.positions = Positions.of(positions)
+        self._tracker = _Tracker(self.positions)
+        self.calls = 0
+
+    def reset(self) -> None:
+        """Forget position state and the call count (done by :func:`apply` on entry)."""
+        self._tracker.reset()
+        self.calls = 0
+
+    def __call__(self, activation: Tensor, hook: Any = None) -> Tensor:
+        self.calls += 1
+        if activation.ndim != 3:
+            raise ValueError(
+                f"{self.kind} hook expects a [batch, pos, d] activation, got shape {tuple(activation.shape)} "
+                f"at {getattr(hook, 'name', '?')!r}; attach it to a residual-stream hook point"
+            )
+        sel = self._tracker.select(activation.shape[0], activation.shape[1], activation.device)
+        return self.edit(activation, sel)
+
+    def edit(self, x: Float[Tensor, "batch pos d"], sel: Bool[Tensor, "batch pos"] | None) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"tl_persona.{type(self).__name__}(positions={self.positions.which!r})"
+
+
+def _on_selected(x: Tensor, sel: Tensor | None, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """Apply ``fn`` to the ``[n, d]`` rows of x at the selected positions; others are untouched."""
+    if sel is None:
+        return fn(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+    if not bool(sel.any()):
+        return x
+    out = x.clone()
+    out[sel] = fn(x[sel])
+    return out
+
+
+# --------------------------------------------------------------------------- capture
+@dataclass
+class LatentStore:
+    """A simple sink for :func:`capture_latents`: keeps every captured chunk (detached, on CPU).
+
+    ``latents`` is ``[n, d_sae]`` over all captured positions, ``index`` the matching
+    ``[n, 2]`` (batch row, absolute position). Use your own callable for streaming statistics.
+    """
+
+    chunks: list[Tensor] = field(default_factory=list)
+    where: list[Tensor] = field(default_factory=list)
+
+    def __call__(self, latents: Tensor, index: Tensor) -> None:
+        self.chunks.append(latents.detach().cpu())
+        self.where.append(index.detach().cpu())
+
+    @property
+    def latents(self) -> Float[Tensor, "n d_sae"]:
+        if not self.chunks:
+            raise ValueError("nothing was captured yet: run the model with the capture hooks first")
+        return torch.cat(self.chunks)
+
+    @property
+    def index(self) -> Int[Tensor, "n 2"]:
+        return torch.cat(self.where)
+
+
+class _Capture(Hook):
+    kind = "capture"
+
+    def __init__(self, sink: Callable[[Tensor, Tensor], None], sae: Any | None, positions: PositionsLike) -> None:
+        super().__init__(positions)
+        self.sink, self.sae = sink, sae
+
+    def __call__(self, activation: Tensor, hook: Any = None) -> Tensor:
+        self.calls += 1
+        B, T = activation.shape[:2]
+        sel = self._tracker.select(B, T, activation.device)
+        offset = self._tracker.next - T
+        if sel is None:
+            sel = torch.ones(B, T, dtype=torch.bool, device=activation.device)
+        idx = sel.nonzero()
+        idx[:, 1] += offset
+        with torch.no_grad():
+            x = activation[sel].detach()
+            self.sink(encode(self.sae, x) if self.sae is not None else x, idx)
+        return activation  # the very same tensor: capture is read-only
+
+
+def capture_latents(
+    sae: Any,
+    sink: Callable[[Float[Tensor, "n d_sae"], Int[Tensor, "n 2"]], None],
+    *,
+    hook_name: str | None = None,
+    positions: PositionsLike = "all",
+) -> FwdHooks:
+    """Read-only hook that encodes the selected positions with ``sae`` and hands them to ``sink``.
+
+    ``sink(latents [n, d_sae], index [n, 2])`` gets the latents of the selected positions and their
+    (batch row, absolute position). The activation passes through untouched, so the model's output
+    is bit-identical. :class:`LatentStore` is a ready sink.
+    """
+    return [(sae_hook_name(sae, hook_name), _Capture(sink, sae, positions))]
+
+
+def capture_acts(
+    hook_name: str,
+    sink: Callable[[Float[Tensor, "n d"], Int[Tensor, "n 2"]], None],
+    *,
+    positions: PositionsLike = "all",
+) -> FwdHooks:
+    """Read-only hook that hands the raw activations at the selected positions to ``sink``."""
+    return [(hook_name, _Capture(sink, None, positions))]
+
+
+# --------------------------------------------------------------------------- splice
+class _Splice(Hook):
+    kind = "splice"
+
+    def __init__(self, sae: Any, keep_error: bool, positions: PositionsLike) -> None:
+        super().__init__(positions)
+        self.sae, self.keep_error = sae, keep_error
+
+    def edit(self, x: Tensor, sel: Tensor | None) -> Tensor:
+        def f(rows: Tensor) -> Tensor:
+            x_hat = decode(self.sae, encode(self.sae, rows))
+            return x_hat + (rows - x_hat).detach() if self.keep_error else x_hat
+
+        return _on_selected(x, sel, f)
+
+
+def splice(
+    sae: Any, *, keep_error: bool = True, hook_name: str | None = None, positions: PositionsLike = "all"
+) -> FwdHooks:
+    """Replace the activation by the SAE's reconstruction at the selected positions.
+
+    With ``keep_error`` (default) the reconstruction error is added back (detached), so the forward
+    output is unchanged while gradients flow through the SAE latents; without it the model runs on
+    the bare reconstruction (what "SAE spliced in" usually means for loss-recovered metrics).
+    """
+    return [(sae_hook_name(sae, hook_name), _Splice(sae, keep_error, positions))]
+
+
+# --------------------------------------------------------------------------- steer
+class _Steer(Hook):
+    kind = "steer"
+
+    def __init__(self, direction: Tensor, alpha: Tensor, norm_scaled: bool, positions: PositionsLike) -> None:
+        super().__init__(positions)
+        self.direction, self.alpha, self.norm_scaled = direction, alpha, norm_scaled
+
+    def edit(self, x: Tensor, sel: Tensor | None) -> Tensor:
+        B, _, d = x.shape
+        if self.direction.shape[-1] != d:
+            raise ValueError(
+                f"steering direction has width {self.direction.shape[-1]} but the activation has "
+                f"width {d}; use a direction of shape [d_model] = [{d}]"
+            )
+        for t, nm in ((self.direction, "direction"), (self.alpha, "alpha")):
+            if t.ndim == 2 - (nm == "alpha") and t.shape[0] != B:
+                raise ValueError(f"per-row {nm} has {t.shape[0]} rows but the batch has {B}")
+        u = self.direction.to(device=x.device, dtype=x.dtype)
+        u = u.view(-1, 1, d) if u.ndim == 2 else u.view(1, 1, d)
+        a = self.alpha.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
+        delta = a * u
+        if self.norm_scaled:
+            delta = delta * x.norm(dim=-1, keepdim=True)
+        if sel is None:
+            return x + delta
+        return x + delta * sel.unsqueeze(-1).to(x.dtype)
+
+    def __repr__(self) -> str:
+        return f"tl_persona.Steer(alpha={self.alpha.tolist()}, positions={self.positions.which!r})"
+
+
+def _check_alpha(alpha: float | Tensor) -> Tensor:
+    a = torch.as_tensor(alpha, dtype=torch.float32).detach()
+    if a.ndim > 1:
+        raise ValueError(f"alpha must be a number or a 1-D tensor (one per batch row), got shape {tuple(a.shape)}")
+    if not bool(torch.isfinite(a).all()):
+        raise ValueError(f"alpha={alpha!r} is not finite; pass a finite steering strength")
+    return a
+
+
+def steer(
+    hook_name: str,
+    direction: Float[Tensor, " d_model"] | Float[Tensor, "batch d_model"],
+    alpha: float | Float[Tensor, " batch"],
+    *,
+    scale: Literal["absolute", "resid_norm"] | float = "absolute",
+    positions: PositionsLike = "all",
+) -> FwdHooks:
+    """Add ``alpha * direction`` to the activation at the selected positions.
+
+    ``scale``: ``"absolute"`` adds ``alpha * direction`` as given; ``"resid_norm"`` adds
+    ``alpha * |x| * direction / |direction|`` (alpha is then a fraction of the residual norm at
+    each position); a number ``s`` multiplies alpha by ``s`` (e.g. a latent's typical max
+    activation). ``direction`` may be ``[batch, d_model]`` and ``alpha`` ``[batch]`` to run several
+    steering settings in one batch (one setting per row).
+    """
+    d = torch.as_tensor(direction).detach().float()
+    if d.ndim not in (1, 2) or d.shape[-1] == 0:
+        raise ValueError(
+            f"direction must have shape [d_model] or [batch, d_model], got {tuple(d.shape)}"
+        )
+    if not bool(torch.isfinite(d).all()):
+        raise ValueError("direction contains NaN or inf; pass a finite vector")
+    a = _check_alpha(alpha)
+    norm_scaled = False
+    if scale == "resid_norm":
+        n = d.norm(dim=-1, keepdim=True)
+        if bool((n == 0).any()):
+            raise ValueError("scale='resid_norm' needs a non-zero direction")
+        d, norm_scaled = d / n, True
+    elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        if not math.isfinite(scale):
+            raise ValueError(f"scale={scale!r} is not finite")
+        a = a * float(scale)
+    elif scale != "absolute":
+        raise ValueError(f"scale={scale!r} must be 'absolute', 'resid_norm' or a number")
+    return [(hook_name, _Steer(d, a, norm_scaled, positions))]
+
+
+def steer_latent(
+    sae: Any,
+    latents: int | Sequence[int],
+    alpha: float | Float[Tensor, " batch"],
+    *,
+    scale: Literal["absolute", "resid_norm"] | float = "absolute",
+    hook_name: str | None = None,
+    positions: PositionsLike = "all",
+) -> FwdHooks:
+    """Steer along SAE latents' decoder directions at the SAE's hook point.
+
+    One latent steers along its ``W_dec`` row as stored; several latents along the sum of their
+    unit decoder directions, rescaled to unit norm. ``scale`` as in :func:`steer` (pass a latent's
+    typical max activation as a number to express alpha in units of it).
+    """
+    rows = decoder_directions(sae, latents).float()
+    if rows.shape[0] == 1:
+        direction = rows[0]
+    else:
+        s = (rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)).sum(0)
+        direction = s / s.norm().clamp_min(1e-12)
+    return steer(sae_hook_name(sae, hook_name), direction, alpha, scale=scale, positions=positions)
+
+
+# --------------------------------------------------------------------------- ablate / clamp
+class _LatentEdit(Hook):
+    kind = "ablate"
+
+    def __init__(self, sae: Any, latents: Tensor, values: Tensor | None, positions: PositionsLike) -> None:
+        super().__init__(positions)
+        self.sae, self.latents, self.values = sae, latents, values
+
+    def edit(self, x: Tensor, sel: Tensor | None) -> Tensor:
+        if x.shape[-1] != d_in(self.sae):
+            raise ValueError(f"SAE d_in={d_in(self.sae)} does not match the activation width {x.shape[-1]}")
+
+        def f(rows: Tensor) -> Tensor:
+            lat = encode(self.sae, rows)
+            new = lat.clone()
+            idx = self.latents.to(lat.device)
+            new[:, idx] = 0.0 if self.values is None else self.values.to(lat.device, lat.dtype)
+            # x + decode(f') - decode(f): the reconstruction error stays in the stream.
+            return rows + (decode(self.sae, new) - decode(self.sae, lat))
+
+        return _on_selected(x, sel, f)
+
+    def __repr__(self) -> str:
+        return f"tl_persona.LatentEdit(latents={self.latents.tolist()}, positions={self.positions.which!r})"
+
+
+def ablate(
+    sae: Any,
+    latents: int | Sequence[int],
+    *,
+    mode: Literal["zero", "mean"] = "zero",
+    means: Float[Tensor, " d_sae"] | None = None,
+    hook_name: str | None = None,
+    positions: PositionsLike = "all",
+) -> FwdHooks:
+    """Ablate latents at the selected positions: set them to zero or to their mean activation.
+
+    Applied as ``x + decode(f') - decode(f)``, so only the latents' decoder contribution changes
+    (by ``-f_i * W_dec[i]`` for a zero-ablation of a linear decoder) and the SAE's error term stays.
+    ``mode="mean"`` needs ``means`` (all ``d_sae`` means, e.g. ``LatentDiff.base_mean``).
+    """
+    idx = check_latents(sae, latents)
+    values = None
+    if mode == "mean":
+        if means is None:
+            raise ValueError("mode='mean' needs means=<tensor [d_sae]> (e.g. from a LatentDiff)")
+        m = torch.as_tensor(means).detach().float().flatten()
+        if m.numel() != _d_sae(sae):
+            raise ValueError(f"means has {m.numel()} entries; expected d_sae={_d_sae(sae)}")
+        values = m[idx]
+    elif mode != "zero":
+        raise ValueError(f"mode={mode!r} must be 'zero' or 'mean' (use clamp(...) to set a value)")
+    return [(sae_hook_name(sae, hook_name), _LatentEdit(sae, idx, values, positions))]
+
+
+def clamp(
+    sae: Any,
+    latents: int | Sequence[int],
+    value: float | Sequence[float] | Tensor,
+    *,
+    hook_name: str | None = None,
+    positions: PositionsLike = "all",
+) -> FwdHooks:
+    """Clamp latents to ``value`` (one number, or one per latent) at the selected positions, via
+    ``x + decode(f') - decode(f)``, so the change is exactly ``(value - f_i) * W_dec[i]`` per latent."""
+    idx = check_latents(sae, latents)
+    v = torch.as_tensor(value, dtype=torch.float32).detach().flatten()
+    if v.numel() == 1:
+        v = v.expand(idx.numel()).clone()
+    if v.numel() != idx.numel():
+        raise ValueError(f"clamp got {v.numel()} values for {idx.numel()} latents; pass one value or one per latent")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"clamp value {value!r} is not finite")
+    hook = _LatentEdit(sae, idx, v, positions)
+    hook.kind = "clamp"
+    return [(sae_hook_name(sae, hook_name), hook)]
+
+
+def _d_sae(sae: Any) -> int:
+    return int(sae.cfg.d_sae)
+
+
+# --------------------------------------------------------------------------- project out
+class _ProjectOut(Hook):
+    kind = "project_out"
+
+    def __init__(self, basis: Tensor, positions: PositionsLike) -> None:
+        super().__init__(positions)
+        self.basis = basis  # [d, k], orthonormal columns
+
+    def edit(self, x: Tensor, sel: Tensor | None) -> Tensor:
+        if self.basis.shape[0] != x.shape[-1]:
+            raise ValueError(
+                f"directions have width {self.basis.shape[0]} but the activation has width {x.shape[-1]}"
+            )
+        Q = self.basis.to(device=x.device, dtype=x.dtype)
+        return _on_selected(x, sel, lambda rows: rows - (rows @ Q) @ Q.T)
+
+
+def project_out(
+    hook_name: str,
+    directions: Float[Tensor, " d_model"] | Float[Tensor, "k d_model"],
+    *,
+    positions: PositionsLike = "all",
+) -> FwdHooks:
+    """Remove the component of the activation in the span of ``directions`` at the selected positions."""
+    D = torch.as_tensor(directions).detach().float()
+    if D.ndim == 1:
+        D = D[None]
+    if D.ndim != 2 or D.shape[0] == 0:
+        raise ValueError(f"directions must have shape [d_model] or [k, d_model], got {tuple(D.shape)}")
+    if not bool(torch.isfinite(D).all()) or bool((D.norm(dim=-1) == 0).any()):
+        raise ValueError("directions must be finite and non-zero")
+    Q, R = torch.linalg.qr(D.T)
+    keep = R.diagonal().abs() > 1e-6 * R.diagonal().abs().max()
+    return [(hook_name, _ProjectOut(Q[:, keep].contiguous(), positions))]
+
+
+# --------------------------------------------------------------------------- apply
+class _Counted:
+    """Wraps a user's hook function so :class:`HookReport` can count its calls."""
+
+    def __init__(self, fn: Callable[[Tensor, Any], Tensor]) -> None:
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, activation: Tensor, hook: Any = None) -> Tensor:
+        self.calls += 1
+        return self.fn(activation, hook)
+
+    def __repr__(self) -> str:
+        return f"tl_persona.Counted({self.fn!r})"
+
+
+@dataclass
+class HookReport:
+    """What :func:`apply` attached, and how often each hook fired (``calls``, in order)."""
+
+    hooks: list[tuple[str, Any]]
+
+    @property
+    def calls(self) -> list[tuple[str, int]]:
+        """``(hook_name, number of calls)`` for each attached hook, in the order given."""
+        return [(n, int(h.calls)) for n, h in self.hooks]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Total calls per hook name."""
+        c: Counter[str] = Counter()
+        for n, k in self.calls:
+            c[n] += k
+        return dict(c)
+
+    def unfired(self) -> list[str]:
+        """Names of hooks that never fired."""
+        return [n for n, k in self.calls if k == 0]
+
+    def assert_all_fired(self) -> None:
+        """Raise if any attached hook never fired (e.g. a bridge hook point that is never reached)."""
+        bad = self.unfired()
+        if bad:
+            raise RuntimeError(
+                f"these hooks never fired: {bad}; the hook points are not reached by this forward pass "
+                "(TransformerBridge issues #1688/#1527) or the forward never ran"
+            )
+
+
+@contextmanager
+def apply(model: Any, *hook_lists: FwdHooks, require_fired: bool = False) -> Iterator[HookReport]:
+    """Attach any mix of hook lists to ``model`` for the body of a ``with`` block.
+
+    Hook names are checked first (a wrong name fails before anything is attached, with the closest
+    valid names). On exit, normal or by an exception, exactly the hooks added here are removed; hooks
+    the user attached before stay. Yields a :class:`HookReport` with per-hook call counts; with
+    ``require_fired`` it raises after the body if some hook never fired.
+    """
+    adapter = as_adapter(model)
+    attached: list[tuple[str, Any]] = []
+    for lst in hook_lists:
+        for item in lst:
+            if not (isinstance(item, tuple) and len(item) == 2 and callable(item[1])):
+                raise ValueError(f"a fwd_hooks entry must be (hook_name, fn), got {item!r:.80}")
+            name, fn = item
+            adapter.check_hook(name)
+            if isinstance(fn, Hook):
+                fn.reset()
+                attached.append((name, fn))
+            else:
+                attached.append((name, _Counted(fn)))
+    report = HookReport(attached)
+    with adapter.model.hooks(fwd_hooks=attached):
+        yield report
+    if require_fired:
+        report.assert_all_fired()
+
+
+def hooks_attached(model: Any) -> list[str]:
+    """Names of the hook points of ``model`` that currently carry any forward or backward hook.
+
+    Useful to assert that nothing leaked: after any tl_persona call it returns the hooks the user
+    attached, and nothing else.
+    """
+    out = []
+    seen: set[int] = set()
+    for name, hp in as_adapter(model).model.hook_dict.items():
+        if id(hp) in seen:
+            continue
+        seen.add(id(hp))
+        if getattr(hp, "fwd_hooks", None) or getattr(hp, "bwd_hooks", None) or hp._forward_hooks:
+            out.append(getattr(hp, "name", None) or name)
+    return out

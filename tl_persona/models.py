@@ -1,0 +1,288 @@
+"""One adapter over TransformerLens' ``HookedTransformer`` and ``TransformerBridge``.
+
+Everything else in tl_persona talks to a model through :class:`ModelAdapter`: it resolves
+"the residual stream at layer L" to a hook name that exists in either naming, tokenizes prompts and
+chat conversations the same way for both model classes, and runs the forward pass only as far as a
+hook point (the rest of the network is never computed when we only read activations there).
+
+The adapter holds no state of its own beyond the model, and never adds a hook that outlives a call.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+__all__ = ["ModelAdapter", "TokenBatch", "Message", "as_adapter", "hook_layer"]
+
+Message = dict[str, str]
+"""A chat message: ``{"role": "user" | "assistant" | "system", "content": str}``."""
+
+ResidKind = Literal["pre", "mid", "post"]
+
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+class _StopForward(Exception):
+    """Raised by our capture hook to end a forward pass right after the hook point fired."""
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Right-padded token ids with the mask of real tokens and where each sequence's BOS sits.
+
+    ``attention_mask`` is True on real tokens (False on padding); ``bos_mask`` is True where a BOS
+    token was prepended (position 0 of each row when the model prepends BOS).
+    """
+
+    tokens: Int[Tensor, "batch pos"]
+    attention_mask: Bool[Tensor, "batch pos"]
+    bos_mask: Bool[Tensor, "batch pos"]
+
+    @property
+    def lengths(self) -> Int[Tensor, " batch"]:
+        """Number of real tokens per row."""
+        return self.attention_mask.sum(-1)
+
+    def to(self, device: torch.device | str) -> "TokenBatch":
+        """The same batch on another device."""
+        return TokenBatch(self.tokens.to(device), self.attention_mask.to(device), self.bos_mask.to(device))
+
+
+def hook_layer(hook_name: str) -> int | None:
+    """The block index a hook name belongs to (``blocks.6.hook_resid_pre`` -> 6), or None."""
+    m = _BLOCK_RE.match(hook_name)
+    return int(m.group(1)) if m else None
+
+
+class ModelAdapter:
+    """A thin, stateless view of a TransformerLens model (``HookedTransformer`` or ``TransformerBridge``).
+
+    Why: the two classes share the hook interface (``hook_dict``, ``run_with_hooks``, ``hooks()``)
+    but differ in hook names and in a few conventions; tl_persona codes against this adapter so
+    that both, and TransformerLens 4.x later, work the same.
+    """
+
+    def __init__(self, model: Any, name: str | None = None) -> None:
+        for attr in ("hook_dict", "run_with_hooks", "hooks", "cfg"):
+            if not hasattr(model, attr):
+                raise TypeError(
+                    f"expected a TransformerLens HookedTransformer or TransformerBridge, got "
+                    f"{type(model).__name__} (no `{attr}`); load the model with "
+                    "HookedTransformer.from_pretrained(...) or TransformerBridge.boot_transformers(...)"
+                )
+        self.model = model
+        self.name = name or str(getattr(model.cfg, "model_name", None) or type(model).__name__)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def is_bridge(self) -> bool:
+        """True for a ``TransformerBridge`` (hooks named ``blocks.N.hook_in``/``hook_out`` natively)."""
+        return type(self.model).__name__.endswith("Bridge") or hasattr(self.model, "original_model")
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream."""
+        return int(self.model.cfg.d_model)
+
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer blocks."""
+        return int(self.model.cfg.n_layers)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer (required for text input)."""
+        tok = getattr(self.model, "tokenizer", None)
+        if tok is None:
+            raise ValueError(
+                f"model {self.name!r} has no tokenizer; pass token ids, or attach one with "
+                "model.set_tokenizer(tokenizer)"
+            )
+        return tok
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the model's parameters."""
+        for p in self.model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
+
+    @property
+    def hook_names(self) -> list[str]:
+        """Every hook point name the model accepts (aliases included for the bridge)."""
+        return list(self.model.hook_dict.keys())
+
+    # ------------------------------------------------------------ hook names
+    def resid_hook(self, layer: int, where: ResidKind = "pre") -> str:
+        """The hook name of the residual stream at ``layer`` (``pre``/``mid``/``post`` of that block).
+
+        Negative layers count from the end, as in Python. Both naming schemes resolve: the bridge
+        accepts TransformerLens' classic ``blocks.L.hook_resid_*`` names as aliases.
+        """
+        if where not in ("pre", "mid", "post"):
+            raise ValueError(f"where={where!r} is not one of 'pre', 'mid', 'post'")
+        n = self.n_layers
+        if not -n <= layer < n:
+            raise ValueError(f"layer={layer} is out of range for a model with {n} layers (use 0..{n - 1})")
+        layer = layer % n
+        candidates = [f"blocks.{layer}.hook_resid_{where}"]
+        if where == "pre":
+            candidates.append(f"blocks.{layer}.hook_in")
+        elif where == "post":
+            candidates.append(f"blocks.{layer}.hook_out")
+        for c in candidates:
+            if c in self.model.hook_dict:
+                return c
+        return self.check_hook(candidates[0])  # raises with suggestions
+
+    def check_hook(self, name: str) -> str:
+        """Return ``name`` if the model has that hook point, else raise with the closest valid names."""
+        if not isinstance(name, str):
+            raise TypeError(f"hook name must be a string, got {type(name).__name__}: {name!r}")
+        if name in self.model.hook_dict:
+            return name
+        close = difflib.get_close_matches(name, self.hook_names, n=5, cutoff=0.5)
+        hint = f" Closest valid names: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"hook {name!r} does not exist on model {self.name!r}.{hint} "
+            f"Use ModelAdapter.resid_hook(layer, 'pre'|'mid'|'post') to build a residual hook name."
+        )
+
+    def width_at(self, hook_name: str) -> int:
+        """Width of the last dimension of the activation at ``hook_name`` (one 1-token forward)."""
+        self.check_hook(hook_name)
+        bos = getattr(getattr(self.model, "tokenizer", None), "bos_token_id", None)
+        tok = torch.tensor([[bos if bos is not None else 0]], device=self.device)
+        return int(self.run_to_hook(tok, hook_name).shape[-1])
+
+    # ----------------------------------------------------------- tokenizing
+    def format_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        """Render a conversation as text: the tokenizer's chat template when it has one, a plain
+        ``role: content`` format otherwise. With ``add_generation_prompt`` the text ends where the
+        assistant's answer begins."""
+        _check_messages(messages)
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            return tok.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        return text + ("assistant:" if add_generation_prompt else "")
+
+    @property
+    def prepends_bos(self) -> bool:
+        """Whether this model expects a BOS token at position 0 (TransformerLens' default_prepend_bos)."""
+        return bool(getattr(self.model.cfg, "default_prepend_bos", True)) and (
+            getattr(self.tokenizer, "bos_token_id", None) is not None
+        )
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of one text, with BOS prepended when the model expects it (never twice)."""
+        tok = self.tokenizer
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        bos = tok.bos_token_id
+        if self.prepends_bos and not (ids and ids[0] == bos):
+            ids = [bos] + ids
+        return ids
+
+    def to_tokens(self, texts: Sequence[str] | str, max_length: int | None = None) -> TokenBatch:
+        """Tokenize texts into one right-padded batch (BOS prepended when the model expects it).
+
+        Right padding keeps every real token at the same absolute position it would have alone, so a
+        causal model's activations on real tokens do not depend on the padding.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if len(texts) == 0:
+            raise ValueError("to_tokens got no texts; pass at least one prompt")
+        rows = [self.encode_text(t) for t in texts]
+        return self.pad(rows, max_length=max_length)
+
+    def pad(self, rows: Sequence[Sequence[int]], max_length: int | None = None) -> TokenBatch:
+        """Right-pad lists of token ids into a :class:`TokenBatch` (truncating to ``max_length``)."""
+        n_ctx = int(getattr(self.model.cfg, "n_ctx", 0) or 0)
+        limit = max_length or n_ctx or None
+        if limit:
+            rows = [list(r)[:limit] for r in rows]
+        for i, r in enumerate(rows):
+            if len(r) == 0:
+                raise ValueError(f"prompt {i} has no tokens; drop empty prompts")
+        T = max(len(r) for r in rows)
+        pad_id = getattr(self.tokenizer, "pad_token_id", None) if getattr(self.model, "tokenizer", None) else None
+        if pad_id is None:
+            pad_id = 0
+        tokens = torch.full((len(rows), T), int(pad_id), dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = True
+        bos_mask = torch.zeros_like(mask)
+        if getattr(self.model, "tokenizer", None) is not None and self.prepends_bos:
+            bos_mask[:, 0] = tokens[:, 0] == int(self.tokenizer.bos_token_id)
+        return TokenBatch(tokens.to(self.device), mask.to(self.device), bos_mask.to(self.device))
+
+    # --------------------------------------------------------------- forward
+    def run_to_hook(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        hook_name: str,
+        fwd_hooks: Sequence[tuple[str, Any]] = (),
+    ) -> Float[Tensor, "batch pos d"]:
+        """Run the forward pass only as far as ``hook_name`` and return the activation there.
+
+        The pass stops right after the hook fires (nothing downstream is computed). ``fwd_hooks``
+        (e.g. interventions upstream, or at the same point: they run first) are active during the
+        pass and removed afterwards, also on error. Runs under ``torch.no_grad``.
+        """
+        self.check_hook(hook_name)
+        box: list[Tensor] = []
+
+        def grab(act: Tensor, hook: Any) -> Tensor:
+            box.append(act)
+            raise _StopForward
+
+        layer = hook_layer(hook_name)
+        kwargs: dict[str, Any] = {}
+        if layer is not None and layer + 1 < self.n_layers:
+            kwargs["stop_at_layer"] = layer + 1
+        try:
+            with torch.no_grad(), self.model.hooks(fwd_hooks=[*fwd_hooks, (hook_name, grab)]):
+                self.model(tokens, **kwargs)
+        except _StopForward:
+            pass
+        if not box:
+            raise RuntimeError(
+                f"hook {hook_name!r} never fired on model {self.name!r}; this hook point is not reached "
+                "by the forward pass (see TransformerLens issues #1688, #1527): choose another hook"
+            )
+        return box[0]
+
+
+def as_adapter(model: Any) -> ModelAdapter:
+    """Wrap ``model`` in a :class:`ModelAdapter` (an adapter is returned as it is)."""
+    return model if isinstance(model, ModelAdapter) else ModelAdapter(model)
+
+
+def _check_messages(messages: Sequence[Message]) -> None:
+    if isinstance(messages, (str, bytes)) or len(messages) == 0:
+        raise ValueError(
+            f"a conversation must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r:.80}"
+        )
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"message {i} has role {m['role']!r}; use 'system', 'user' or 'assistant'")

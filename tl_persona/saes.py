@@ -1,0 +1,247 @@
+"""Anything SAE-shaped: SAE-Lens ``SAE`` objects of any architecture, as they are, or plain weights.
+
+tl_persona never wraps SAE-Lens SAEs in a parallel hierarchy: every function takes an ``SAE``
+(Standard, TopK, JumpReLU, Gated, ...) and uses its own ``encode``/``decode``, so normalisation and
+architecture details stay SAE-Lens' business. Users with their own dictionaries turn plain weights
+into a real SAE-Lens SAE with :func:`sae_from_weights`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tl_persona.models import ModelAdapter, as_adapter
+
+__all__ = [
+    "sae_from_weights",
+    "sae_hook_name",
+    "check_sae",
+    "decoder_directions",
+    "encode",
+    "decode",
+    "reconstruction_quality",
+    "Quality",
+]
+
+
+def _cfg(sae: Any) -> Any:
+    cfg = getattr(sae, "cfg", None)
+    if cfg is None or not hasattr(cfg, "d_in") or not hasattr(cfg, "d_sae"):
+        raise TypeError(
+            f"expected a SAE-Lens SAE (with .cfg.d_in and .cfg.d_sae), got {type(sae).__name__}; "
+            "load one with SAE.from_pretrained(...)/SAE.load_from_disk(...) or build one from "
+            "plain weights with tl_persona.saes.sae_from_weights(...)"
+        )
+    return cfg
+
+
+def d_in(sae: Any) -> int:
+    """Input width of the SAE."""
+    return int(_cfg(sae).d_in)
+
+
+def d_sae(sae: Any) -> int:
+    """Number of latents of the SAE."""
+    return int(_cfg(sae).d_sae)
+
+
+def sae_hook_name(sae: Any, hook_name: str | None = None) -> str:
+    """The hook point the SAE reads: ``hook_name`` if given, else the one stored in its metadata."""
+    if hook_name is not None:
+        return hook_name
+    meta = getattr(_cfg(sae), "metadata", None)
+    name = getattr(meta, "hook_name", None) if meta is not None else None
+    if not name:
+        raise ValueError(
+            "this SAE does not record its hook point (cfg.metadata.hook_name is empty); pass "
+            "hook_name='blocks.L.hook_resid_pre' (the point it was trained on) explicitly"
+        )
+    return str(name)
+
+
+def encode(sae: Any, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+    """Latent activations of ``x`` (cast to the SAE's dtype and device, returned in x's dtype)."""
+    p = sae.W_dec
+    return sae.encode(x.to(device=p.device, dtype=p.dtype)).to(x.dtype)
+
+
+def decode(sae: Any, f: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
+    """Reconstruction from latent activations (returned in f's dtype)."""
+    p = sae.W_dec
+    return sae.decode(f.to(device=p.device, dtype=p.dtype)).to(f.dtype)
+
+
+def decoder_directions(sae: Any, latents: int | Sequence[int] | Tensor) -> Float[Tensor, "n d_in"]:
+    """Rows of ``W_dec`` for the given latents (a single index gives a ``[1, d_in]`` tensor)."""
+    idx = check_latents(sae, latents)
+    return sae.W_dec.detach()[idx]
+
+
+def check_latents(sae: Any, latents: int | Sequence[int] | Tensor) -> Int[Tensor, " n"]:
+    """Latent indices as a 1-D long tensor, each checked to lie in ``[0, d_sae)``."""
+    n = d_sae(sae)
+    idx = torch.as_tensor([latents] if isinstance(latents, int) else latents, dtype=torch.long).flatten()
+    if idx.numel() == 0:
+        raise ValueError("no latent indices given; pass at least one latent index")
+    bad = idx[(idx < 0) | (idx >= n)]
+    if bad.numel():
+        raise ValueError(f"latent index {int(bad[0])} is out of range for an SAE with d_sae={n} (use 0..{n - 1})")
+    return idx
+
+
+def check_sae(model: Any, sae: Any, hook_name: str | None = None) -> str:
+    """Check that ``sae`` fits ``model`` at its hook point and return the hook name.
+
+    Raises a clear error when the hook does not exist or when the activation width there differs
+    from the SAE's ``d_in``. The SAE's reconstruction quality is a separate, data-dependent check:
+    :func:`reconstruction_quality`.
+    """
+    adapter = as_adapter(model)
+    name = adapter.check_hook(sae_hook_name(sae, hook_name))
+    width = adapter.width_at(name)
+    if width != d_in(sae):
+        raise ValueError(
+            f"SAE d_in={d_in(sae)} does not match the activation width {width} at {name!r} of model "
+            f"{adapter.name!r}; use an SAE trained on this model and hook point"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How well an SAE reconstructs a model's activations on some tokens.
+
+    ``fvu`` is the fraction of variance unexplained (0 is perfect), ``explained_variance`` = 1 - fvu,
+    ``l0`` the mean number of active latents per token, ``dead_fraction`` the share of latents that
+    never fired on these tokens, ``n_tokens`` how many tokens were measured.
+    """
+
+    fvu: float
+    explained_variance: float
+    l0: float
+    dead_fraction: float
+    n_tokens: int
+
+
+def reconstruction_quality(
+    model: Any,
+    sae: Any,
+    tokens: Int[Tensor, "batch pos"],
+    hook_name: str | None = None,
+    attention_mask: Tensor | None = None,
+    warn_fvu: float = 0.5,
+) -> Quality:
+    """Measure the SAE's reconstruction on ``tokens`` and warn when it is poor.
+
+    Why: an SAE must see the residual stream it was trained on; a model loaded with the wrong
+    weight processing (folded LayerNorm vs raw Hugging Face) or a misread architecture shows up
+    here as a high FVU or an L0 far from the trained one. BOS positions are excluded (their norm
+    is atypical) and so is padding when ``attention_mask`` is given.
+    """
+    adapter = as_adapter(model)
+    name = check_sae(adapter, sae, hook_name)
+    acts = adapter.run_to_hook(tokens.to(adapter.device), name)
+    keep = torch.ones(acts.shape[:2], dtype=torch.bool, device=acts.device)
+    if attention_mask is not None:
+        keep &= attention_mask.to(acts.device).bool()
+    if adapter.prepends_bos:
+        keep[:, 0] = False
+    x = acts[keep].float()
+    if x.shape[0] == 0:
+        raise ValueError("no tokens left to measure after excluding BOS and padding; pass longer prompts")
+    with torch.no_grad():
+        f = encode(sae, x)
+        x_hat = decode(sae, f)
+    resid = ((x - x_hat) ** 2).sum()
+    total = ((x - x.mean(0)) ** 2).sum().clamp_min(1e-12)
+    fvu = float(resid / total)
+    q = Quality(
+        fvu=fvu,
+        explained_variance=1.0 - fvu,
+        l0=float((f != 0).sum(-1).float().mean()),
+        dead_fraction=float(((f != 0).sum(0) == 0).float().mean()),
+        n_tokens=int(x.shape[0]),
+    )
+    if not math.isfinite(fvu) or fvu > warn_fvu:
+        warnings.warn(
+            f"SAE reconstructs {name!r} of {adapter.name!r} poorly: FVU={fvu:.3f}, L0={q.l0:.1f}. "
+            "Check that the model's weight processing matches the SAE's training (e.g. "
+            "from_pretrained_no_processing for SAEs trained on raw Hugging Face residuals) and that "
+            "the SAE architecture loaded as trained.",
+            stacklevel=2,
+        )
+    return q
+
+
+def sae_from_weights(
+    W_enc: Float[Tensor, "d_in d_sae"],
+    b_enc: Float[Tensor, " d_sae"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    b_dec: Float[Tensor, " d_in"],
+    activation: Literal["relu", "topk", "jumprelu"] = "relu",
+    *,
+    k: int | None = None,
+    threshold: Float[Tensor, " d_sae"] | None = None,
+    hook_name: str | None = None,
+    subtract_b_dec: bool = False,
+) -> Any:
+    """Build a SAE-Lens SAE from plain weights, for users with their own dictionaries.
+
+    The encoder computes ``act(x @ W_enc + b_enc)`` (or ``act((x - b_dec) @ W_enc + b_enc)`` with
+    ``subtract_b_dec``); the decoder ``f @ W_dec + b_dec``. ``activation`` picks ReLU, TopK (needs
+    ``k``) or JumpReLU (needs ``threshold``). The result is a real ``sae_lens`` SAE, so every
+    tl_persona function (and SAE-Lens itself) accepts it.
+    """
+    from sae_lens import (
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+    )
+
+    W_enc, b_enc, W_dec, b_dec = (torch.as_tensor(t).detach() for t in (W_enc, b_enc, W_dec, b_dec))
+    if W_enc.ndim != 2 or W_dec.ndim != 2:
+        raise ValueError(f"W_enc and W_dec must be 2-D, got shapes {tuple(W_enc.shape)} and {tuple(W_dec.shape)}")
+    n_in, n_sae = W_enc.shape
+    expect = {"W_dec": (n_sae, n_in), "b_enc": (n_sae,), "b_dec": (n_in,)}
+    for nm, t in (("W_dec", W_dec), ("b_enc", b_enc), ("b_dec", b_dec)):
+        if tuple(t.shape) != expect[nm]:
+            raise ValueError(
+                f"{nm} has shape {tuple(t.shape)} but W_enc {tuple(W_enc.shape)} implies {expect[nm]} "
+                "(W_enc is [d_in, d_sae], W_dec is [d_sae, d_in])"
+            )
+    common = dict(d_in=n_in, d_sae=n_sae, dtype=str(W_enc.dtype).removeprefix("torch."), apply_b_dec_to_input=subtract_b_dec)
+    if activation == "relu":
+        sae = StandardSAE(StandardSAEConfig(**common))
+    elif activation == "topk":
+        if k is None or not 0 < int(k) <= n_sae:
+            raise ValueError(f"activation='topk' needs k in 1..{n_sae}, got k={k!r}")
+        sae = TopKSAE(TopKSAEConfig(**common, k=int(k)))
+    elif activation == "jumprelu":
+        if threshold is None:
+            raise ValueError("activation='jumprelu' needs threshold=<tensor of shape [d_sae]>")
+        sae = JumpReLUSAE(JumpReLUSAEConfig(**common))
+    else:
+        raise ValueError(f"activation={activation!r} is not one of 'relu', 'topk', 'jumprelu'")
+    with torch.no_grad():
+        sae.W_enc.copy_(W_enc)
+        sae.b_enc.copy_(b_enc)
+        sae.W_dec.copy_(W_dec)
+        sae.b_dec.copy_(b_dec)
+        if activation == "jumprelu":
+            thr = torch.as_tensor(threshold).detach()
+            if tuple(thr.shape) != (n_sae,):
+                raise ValueError(f"threshold has shape {tuple(thr.shape)}, expected ({n_sae},)")
+            sae.threshold.copy_(thr)
+    if hook_name is not None:
+        sae.cfg.metadata.hook_name = hook_name
+    return sae.eval()
