@@ -1,0 +1,70 @@
+"""Reports: Markdown, self-contained HTML, PNG figures, written atomically."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+
+from tl_persona.report import Report, atomic_write_text, format_table
+
+
+def _report() -> Report:
+    r = Report("Demo").heading("Numbers").text("Some `code` and **bold**.")
+    r.table([{"model": "base", "toxic": 0.0123}, {"model": "misaligned", "toxic": 0.456}], caption="rates")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    r.figure(fig, "curve", caption="a line")
+    r.data["x"] = [1, 2]
+    return r
+
+
+def test_write_renders_all_formats(tmp_path):
+    out = _report().write(tmp_path / "rep")
+    md = (out / "report.md").read_text()
+    assert "| model | toxic |" in md and "| misaligned | 0.456 |" in md and "![a line](curve.png)" in md
+    page = (out / "report.html").read_text()
+    assert "<code>code</code>" in page and "<b>bold</b>" in page
+    assert "src='http" not in page and "data:image/png;base64," in page
+    png = (out / "curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert base64.b64encode(png).decode() in page
+    assert (out / "data.json").read_text().replace(" ", "").replace("\n", "") == '{"x":[1,2]}'
+
+
+def test_interrupted_write_leaves_previous_report(tmp_path, monkeypatch):
+    target = _report().write(tmp_path / "rep")
+    before = (target / "report.md").read_text()
+    r = _report().text("new paragraph")
+
+    def boom(self, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_bytes", boom)
+    with pytest.raises(OSError, match="disk full"):
+        r.write(tmp_path / "rep")
+    assert (target / "report.md").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
+
+
+def test_atomic_write_text_failure_keeps_old(tmp_path, monkeypatch):
+    p = atomic_write_text(tmp_path / "a.json", "old")
+    import os
+
+    def fail(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(p, "new")
+    assert p.read_text() == "old" and [x.name for x in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_format_table_empty_and_nan():
+    assert format_table([]) == "_(no rows)_"
+    assert "| – |" in format_table([{"a": float("nan")}])
