@@ -1,0 +1,171 @@
+"""The docs site builds with warnings as errors, and what it shows is true of the code.
+
+* ``mkdocs build --strict`` succeeds (a broken link, a page missing from the nav, a docstring
+  mkdocstrings cannot parse: all fail the build);
+* the API reference renders every module it names and names every public module;
+* the home page carries the README's two commands and quickstart verbatim;
+* Python snippets in the docs parse, and every ``from tl_persona... import name`` in them resolves.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+MKDOCS_YML = REPO / "mkdocs.yml"
+
+# Public modules that the API reference does not have to show.
+API_EXEMPT = {"tl_persona.testing", "tl_persona.__main__"}
+
+
+class _TolerantLoader(yaml.SafeLoader):
+    """Reads mkdocs.yml, ignoring MkDocs' custom tags (``!ENV``, ``!!python/name:``)."""
+
+
+_TolerantLoader.add_multi_constructor("", lambda loader, suffix, node: None)
+_TolerantLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
+
+
+def _config() -> dict:
+    return yaml.load(MKDOCS_YML.read_text(), Loader=_TolerantLoader)
+
+
+def _nav_pages(nav) -> list[str]:
+    out: list[str] = []
+    if isinstance(nav, str):
+        if not re.match(r"^[a-z]+://", nav):
+            out.append(nav)
+    elif isinstance(nav, list):
+        for item in nav:
+            out += _nav_pages(item)
+    elif isinstance(nav, dict):
+        for v in nav.values():
+            out += _nav_pages(v)
+    return out
+
+
+def _api_modules() -> list[str]:
+    return re.findall(r"^:::\s*([\w.]+)", (DOCS / "api.md").read_text(), re.M)
+
+
+def _public_modules() -> list[str]:
+    import tl_persona
+
+    names = ["tl_persona"]
+    for info in pkgutil.walk_packages(tl_persona.__path__, "tl_persona."):
+        if any(part.startswith("_") for part in info.name.split(".")):
+            continue
+        names.append(info.name)
+    return sorted(n for n in names if n not in API_EXEMPT and n != "tl_persona")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """Build the site once, strictly, into a temporary folder."""
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-f", str(MKDOCS_YML), "-d", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"`mkdocs build --strict` failed with exit code {proc.returncode}.\n"
+            f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}",
+            pytrace=False,
+        )
+    return out
+
+
+def test_nav_pages_exist():
+    missing = [p for p in _nav_pages(_config().get("nav", [])) if not (DOCS / p).is_file()]
+    assert not missing, f"pages listed in mkdocs.yml's nav but missing from docs/: {missing}"
+
+
+def test_docs_build_strict(site):
+    assert (site / "index.html").is_file()
+    for page in _nav_pages(_config().get("nav", [])):
+        html = site / (page[: -len(".md")] + "/index.html" if page != "index.md" else "index.html")
+        assert html.is_file(), f"{page} was not rendered ({html} missing)"
+
+
+def test_api_reference_renders_every_module_it_names(site):
+    html = (site / "api" / "index.html").read_text()
+    mods = _api_modules()
+    assert mods, "docs/api.md names no module (expected `::: tl_persona.<module>` lines)"
+    for mod in mods:
+        assert f'id="{mod}"' in html, f"mkdocstrings rendered nothing for `::: {mod}` in docs/api.md"
+
+
+def test_api_reference_names_every_public_module():
+    listed = set(_api_modules())
+    missing = [m for m in _public_modules() if m not in listed]
+    assert not missing, (
+        f"public modules missing from the API reference: {missing}; add a `::: <module>` line for each "
+        "to docs/api.md (or list the module in API_EXEMPT in tests/test_docs.py if it is not public API)"
+    )
+
+
+def _fenced_blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}[^\n]*\n(.*?)^```", text, re.M | re.S)
+
+
+def test_index_carries_the_readme_commands_and_quickstart():
+    readme = (REPO / "README.md").read_text()
+    index = (DOCS / "index.md").read_text()
+    commands = _fenced_blocks(readme, "bash")
+    assert len(commands) >= 2, "README.md should show the two commands in ```bash blocks"
+    for block in commands[:2]:
+        assert block in _fenced_blocks(index, "bash"), f"docs/index.md lacks the README command:\n{block}"
+    quick = _fenced_blocks(readme, "python")
+    assert quick, "README.md should have a quickstart in a ```python block"
+    assert quick[0] in _fenced_blocks(index, "python"), "docs/index.md's quickstart differs from the README's"
+
+
+def _tl_imports(tree: ast.AST) -> list[tuple[str, str]]:
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tl_persona":
+            out += [(node.module, a.name) for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name, "") for a in node.names if a.name.split(".")[0] == "tl_persona"]
+    return out
+
+
+def check_tl_imports(source: str, where: str) -> None:
+    """Parse ``source`` and check that every tl_persona import in it resolves (used for notebooks too)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        raise AssertionError(f"{where}: Python snippet does not parse: {e}\n{source}") from None
+    for module, name in _tl_imports(tree):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            raise AssertionError(f"{where}: `{module}` cannot be imported ({e})") from None
+        if name and name != "*" and not hasattr(mod, name):
+            try:
+                importlib.import_module(f"{module}.{name}")
+            except ImportError:
+                raise AssertionError(f"{where}: `from {module} import {name}`: no such name") from None
+
+
+@pytest.mark.parametrize("page", sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")))
+def test_python_snippets_parse_and_their_imports_resolve(page):
+    for i, block in enumerate(_fenced_blocks((DOCS / page).read_text(), "python")):
+        check_tl_imports(block, f"docs/{page}, python block {i + 1}")
