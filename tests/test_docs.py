@@ -169,3 +169,32 @@ def check_tl_imports(source: str, where: str) -> None:
 def test_python_snippets_parse_and_their_imports_resolve(page):
     for i, block in enumerate(_fenced_blocks((DOCS / page).read_text(), "python")):
         check_tl_imports(block, f"docs/{page}, python block {i + 1}")
+
+
+def test_cli_page_documents_every_command_and_option():
+    try:
+        from tl_persona.cli import build_parser
+    except ImportError:
+        pytest.skip("tl_persona.cli does not exist yet")
+    import argparse
+
+    text = (DOCS / "cli.md").read_text()
+    parser = build_parser()
+    missing: list[str] = []
+
+    def options(p: argparse.ArgumentParser, where: str) -> None:
+        for action in p._actions:
+            for opt in action.option_strings:
+                if opt in ("-h", "--help"):
+                    continue
+                if not re.search("`" + re.escape(opt) + "[` ,]", text):
+                    missing.append(f"{where} {opt}")
+
+    options(parser, "tl-persona")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if f"`{name}`" not in text:
+                    missing.append(f"command {name}")
+                options(sub, name)
+    assert not missing, f"docs/cli.md does not mention: {missing}"
