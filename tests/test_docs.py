@@ -66,6 +66,10 @@ def _public_modules() -> list[str]:
     for info in pkgutil.walk_packages(tl_persona.__path__, "tl_persona."):
         if any(part.startswith("_") for part in info.name.split(".")):
             continue
+        if info.ispkg:
+            init = Path(info.module_finder.path) / info.name.rsplit(".", 1)[-1] / "__init__.py"
+            if not init.is_file() or not init.read_text().strip():
+                continue  # an empty package __init__: its modules are what gets documented
         names.append(info.name)
     return sorted(n for n in names if n not in API_EXEMPT and n != "tl_persona")
 
