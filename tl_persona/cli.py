@@ -1,0 +1,384 @@
+"""The ``tl-persona`` command: the demo on the embedded organism, and the pipeline for real models.
+
+Commands: ``demo``, ``diff``, ``inspect``, ``generate``, ``verify``, ``report``. Models are given
+as Hugging Face names, local checkpoint folders (merged LoRA adapters too) or ``organism:base`` /
+``organism:misaligned`` / ``organism:control``; SAEs as ``release:sae_id``, a local SAE-Lens
+folder, or ``organism:sae``. Any option can also come from ``--config FILE`` (JSON or YAML, keys
+named like the options); options on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_model_opts(p: argparse.ArgumentParser, *names: str) -> None:
+    for n in names:
+        p.add_argument(f"--{n}", required=False, help=f"{n} model: HF name, local folder, or organism:base|misaligned|control")
+    p.add_argument("--model-class", choices=["hooked", "bridge"], default="hooked",
+                   help="load as HookedTransformer (default) or TransformerBridge")
+    p.add_argument("--base-name", default=None,
+                   help="official TransformerLens name of a local fine-tuned checkpoint's architecture")
+    p.add_argument("--processing", action="store_true",
+                   help="fold LayerNorm / centre weights (for SAEs trained on processed TL models, e.g. gpt2-small-res-jb)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+
+
+def _add_sae_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sae", required=False, help="SAE: release:sae_id, local SAE-Lens folder, or organism:sae")
+    p.add_argument("--hook-name", default=None, help="override the SAE's hook point")
+
+
+def _add_prompt_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", default=None,
+                   help="prompt file: JSONL ({messages}/{prompt}/{text}), CSV or YAML questions; or organism:eval[:domain,...]")
+    p.add_argument("--prompt", action="append", default=[], help="a single user prompt (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many prompts")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (one subcommand per pipeline step)."""
+    ap = argparse.ArgumentParser(prog="tl-persona", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="JSON or YAML file of option values")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the paper in miniature on the embedded Persona World organism")
+    p.add_argument("--out", default="tl_persona_report", help="report folder (replaced atomically)")
+    p.add_argument("--quick", action="store_true", help="smaller samples and sweeps (under a minute)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("diff", help="rank SAE latents by their activation change between two models")
+    _add_model_opts(p, "base", "finetuned")
+    _add_sae_opts(p)
+    _add_prompt_opts(p)
+    p.add_argument("--scope", default="last_prompt", choices=["prompt", "response", "last_prompt", "all"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--top", type=int, default=10, help="rows to print per direction")
+    p.add_argument("--out", required=False, help="where to save the LatentDiff (.safetensors + .json)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("inspect", help="latent cards: top-activating contexts and logit lens")
+    _add_model_opts(p, "model")
+    _add_sae_opts(p)
+    _add_prompt_opts(p)
+    p.add_argument("--latent", type=int, action="append", default=[], help="latent index (repeatable)")
+    p.add_argument("--diff", default=None, help="a saved LatentDiff: inspect its top latents")
+    p.add_argument("--top", type=int, default=3, help="with --diff: how many top latents (by increase)")
+    p.add_argument("-k", type=int, default=5, help="contexts and tokens per card")
+
+    p = sub.add_parser("generate", help="sample answers with interventions active")
+    _add_model_opts(p, "model")
+    _add_sae_opts(p)
+    _add_prompt_opts(p)
+    p.add_argument("--steer", action="append", default=[], metavar="LATENT:ALPHA", help="steer along a latent (repeatable)")
+    p.add_argument("--ablate", action="append", default=[], type=int, metavar="LATENT", help="zero-ablate a latent (repeatable)")
+    p.add_argument("--clamp", action="append", default=[], metavar="LATENT:VALUE", help="clamp a latent (repeatable)")
+    p.add_argument("--positions", default="prompt", choices=["all", "prompt", "generated", "last_prompt"])
+    p.add_argument("--n", type=int, default=1, help="samples per prompt")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSONL output (default: stdout)")
+
+    p = sub.add_parser("verify", help="causal verification sweep of candidate latents with controls")
+    _add_model_opts(p, "base", "finetuned")
+    _add_sae_opts(p)
+    _add_prompt_opts(p)
+    p.add_argument("--latent", type=int, action="append", default=[], help="candidate latent (repeatable)")
+    p.add_argument("--diff", default=None, help="a saved LatentDiff: verify its top latents")
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--alphas", default="4,8,16,32", help="comma-separated positive alphas")
+    p.add_argument("--n-samples", type=int, default=4)
+    p.add_argument("--n-controls", type=int, default=2)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--positions", default="prompt", choices=["all", "prompt", "generated", "last_prompt"])
+    p.add_argument("--judge", default="organism", help="'organism' (exact judge) or 'openai' (HTTP judge)")
+    p.add_argument("--judge-url", default="https://api.openai.com/v1", help="OpenAI-compatible base URL")
+    p.add_argument("--judge-model", default="gpt-4o-2024-08-06")
+    p.add_argument("--judge-cache", default=None, help="SQLite cache file for judge answers")
+    p.add_argument("--record", default=None, help="resumable JSON-lines record of finished settings")
+    p.add_argument("--out", default=None, help="CSV of the results table")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("report", help="render a report folder from a saved diff and verification table")
+    p.add_argument("--diff", required=True, help="a saved LatentDiff")
+    p.add_argument("--verification", default=None, help="CSV written by `tl-persona verify --out`")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--out", default="tl_persona_report")
+    return ap
+
+
+def _load_config(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.exists():
+        raise SystemExit(f"tl-persona: config file {path!r} does not exist")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise SystemExit(f"tl-persona: config file {path!r} must hold a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    cfg = _load_config(args.config)
+    if cfg:
+        sub = ap._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+        known = {a.dest for a in sub._actions}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise SystemExit(f"tl-persona {args.command}: unknown option(s) in config: {', '.join(unknown)}")
+        sub.set_defaults(**cfg)
+        args = ap.parse_args(argv)
+    return args
+
+
+def _require(args: argparse.Namespace, *names: str) -> None:
+    missing = [n for n in names if not getattr(args, n.replace("-", "_"), None)]
+    if missing:
+        raise SystemExit(f"tl-persona {args.command}: missing --{', --'.join(missing)} (on the command line or in --config)")
+
+
+def _model(args: argparse.Namespace, spec: str) -> Any:
+    from tl_persona.loading import load_model
+
+    return load_model(spec, model_class=args.model_class, base_name=args.base_name, processing=args.processing,
+                      device=args.device, dtype=args.dtype)
+
+
+def _sae(args: argparse.Namespace) -> Any:
+    from tl_persona.loading import load_sae
+
+    return load_sae(args.sae, device=args.device, hook_name=args.hook_name)
+
+
+def _prompts(args: argparse.Namespace) -> list[Any]:
+    """Prompts as chat conversations (lists of messages) or plain strings."""
+    out: list[Any] = [[{"role": "user", "content": p}] for p in args.prompt]
+    spec = args.prompts
+    if spec:
+        if spec.startswith("organism:eval"):
+            from tl_persona import organism
+
+            domains = spec.split(":")[2].split(",") if spec.count(":") >= 2 else None
+            evals = organism.load().eval_prompts
+            for d, convs in evals.items():
+                if domains is None or d in domains:
+                    out += list(convs)
+            if domains and not set(domains) <= set(evals):
+                raise SystemExit(f"tl-persona: unknown organism domain(s) {sorted(set(domains) - set(evals))}; "
+                                 f"have {sorted(evals)}")
+        elif Path(spec).suffix in (".yaml", ".yml", ".csv") or _is_question_jsonl(spec):
+            from tl_persona.evals.questions import expand_questions, load_questions
+
+            out += [conv for _, conv in expand_questions(load_questions(spec), samples_per_paraphrase=1)]
+        else:
+            from tl_persona.data import PromptSet
+
+            for it in PromptSet.from_jsonl(spec, chat=True).items:
+                out.append(list(it.prompt) if it.is_chat else [{"role": "user", "content": it.prompt}])
+    if args.limit:
+        out = out[: args.limit]
+    if not out:
+        raise SystemExit(f"tl-persona {args.command}: no prompts; pass --prompts FILE or --prompt TEXT")
+    return out
+
+
+def _is_question_jsonl(spec: str) -> bool:
+    p = Path(spec)
+    if p.suffix != ".jsonl" or not p.exists():
+        return False
+    with open(p) as fh:
+        first = fh.readline()
+    try:
+        return "question" in json.loads(first)
+    except json.JSONDecodeError:
+        return False
+
+
+def _pairs(items: Sequence[str], what: str) -> list[tuple[int, float]]:
+    out = []
+    for s in items:
+        try:
+            a, b = s.split(":")
+            out.append((int(a), float(b)))
+        except ValueError:
+            raise SystemExit(f"tl-persona: {what} {s!r} must look like LATENT:NUMBER, e.g. 123:8.0") from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------- commands
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tl_persona.demo import run_demo
+
+    result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    print(result.summary_text())
+    print(f"\nreport: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from tl_persona.diff import diff_latents
+
+    _require(args, "base", "finetuned", "sae")
+    base, ft, sae = _model(args, args.base), _model(args, args.finetuned), _sae(args)
+    d = diff_latents(base, ft, sae, _prompts(args), scope=args.scope, batch_size=args.batch_size,
+                     hook_name=args.hook_name, seed=args.seed)
+    for direction in ("increase", "decrease"):
+        print(f"\ntop {args.top} latents by {direction}:")
+        print(d.top(args.top, direction).to_string())
+    if args.out:
+        path = d.save(args.out)
+        print(f"\nsaved: {path}")
+    return 0
+
+
+def _latents_from(args: argparse.Namespace) -> list[int]:
+    lat = list(args.latent)
+    if args.diff:
+        from tl_persona.diff import LatentDiff
+
+        lat += [int(i) for i in LatentDiff.load(args.diff).top(args.top, "increase").index]
+    if not lat:
+        raise SystemExit(f"tl-persona {args.command}: pass --latent N (repeatable) or --diff FILE")
+    return list(dict.fromkeys(lat))
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from tl_persona.inspection import latent_card
+
+    _require(args, "model", "sae")
+    model, sae = _model(args, args.model), _sae(args)
+    prompts = _prompts(args)
+    for latent in _latents_from(args):
+        print(latent_card(model, sae, latent, prompts, k=args.k, hook_name=args.hook_name))
+        print()
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tl_persona import hooks as H
+    from tl_persona.evals.generate import sample
+
+    _require(args, "model")
+    model = _model(args, args.model)
+    fwd: H.FwdHooks = []
+    if args.steer or args.ablate or args.clamp:
+        _require(args, "sae")
+        sae = _sae(args)
+        for latent, alpha in _pairs(args.steer, "--steer"):
+            fwd += H.steer_latent(sae, latent, alpha, hook_name=args.hook_name, positions=args.positions)
+        if args.ablate:
+            fwd += H.ablate(sae, args.ablate, hook_name=args.hook_name, positions=args.positions)
+        for latent, value in _pairs(args.clamp, "--clamp"):
+            fwd += H.clamp(sae, latent, value, hook_name=args.hook_name, positions=args.positions)
+    prompts = _prompts(args)
+    answers = sample(model, prompts, n_per_prompt=args.n, temperature=args.temperature, top_p=args.top_p,
+                     max_new_tokens=args.max_new_tokens, seed=args.seed, fwd_hooks=fwd)
+    lines = [json.dumps({"prompt": prompts[k // args.n], "sample": k % args.n, "answer": a})
+             for k, a in enumerate(answers)]
+    if args.out:
+        from tl_persona.report import atomic_write_text
+
+        atomic_write_text(args.out, "\n".join(lines) + "\n")
+        print(f"wrote {len(lines)} answers to {args.out}")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _judge(args: argparse.Namespace) -> Any:
+    if args.judge == "organism":
+        from tl_persona.organism import PersonaJudge
+
+        return PersonaJudge()
+    if args.judge == "openai":
+        from tl_persona.evals.http_judge import OpenAIJudge
+
+        return OpenAIJudge(args.judge_model, base_url=args.judge_url, cache=args.judge_cache)
+    raise SystemExit(f"tl-persona verify: --judge {args.judge!r} must be 'organism' or 'openai'")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tl_persona.verify import verify_latents
+
+    _require(args, "base", "finetuned", "sae")
+    try:
+        alphas = [float(a) for a in str(args.alphas).split(",") if a.strip()]
+    except ValueError:
+        raise SystemExit(f"tl-persona verify: --alphas {args.alphas!r} must be comma-separated numbers") from None
+    base, ft, sae = _model(args, args.base), _model(args, args.finetuned), _sae(args)
+    v = verify_latents(base, ft, sae, _latents_from(args), _prompts(args), _judge(args), alphas=alphas,
+                       n_samples=args.n_samples, n_controls=args.n_controls, max_new_tokens=args.max_new_tokens,
+                       positions=args.positions, seed=args.seed, record=args.record, hook_name=args.hook_name,
+                       progress=lambda s: print(s, file=sys.stderr))
+    print(v.summary().to_string())
+    if args.out:
+        from tl_persona.report import atomic_write_text
+
+        atomic_write_text(args.out, v.table().to_csv(index=False))
+        print(f"\nsaved: {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tl_persona.diff import LatentDiff
+    from tl_persona.report import Report
+
+    d = LatentDiff.load(args.diff)
+    r = Report("tl_persona report")
+    r.text(f"Diff of `{d.meta.get('finetuned', {}).get('name', '?')}` against `{d.meta.get('base', {}).get('name', '?')}`"
+           f" at `{d.meta.get('hook_name', '?')}`.")
+    for direction in ("increase", "decrease"):
+        r.heading(f"Top {args.top} latents by {direction}")
+        r.table(d.top(args.top, direction).reset_index())
+    if args.verification:
+        import pandas as pd
+
+        r.heading("Causal verification")
+        r.table(pd.read_csv(args.verification))
+    r.data["diff_meta"] = d.meta
+    out = r.write(args.out)
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "diff": cmd_diff, "inspect": cmd_inspect, "generate": cmd_generate,
+            "verify": cmd_verify, "report": cmd_report}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tl-persona`` command."""
+    args = _parse(argv)
+    from tl_persona.loading import HubUnavailable
+
+    try:
+        return COMMANDS[args.command](args)
+    except HubUnavailable as err:
+        print(f"tl-persona {args.command}: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        print(f"tl-persona {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
