@@ -1,0 +1,124 @@
+"""Causal verification sweeps on a tiny model whose 'misalignment' is a known token.
+
+The judge calls an answer misaligned when it contains the token ``w42``; the candidate direction is
+that token's unembedding column, so steering along it makes the model say ``w42``. The
+'fine-tuned' model is a copy whose last block writes that direction into the residual stream.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from tl_persona import hooks as H
+from tl_persona.evals.judges import JudgeItem, Judgement
+from tl_persona.testing import tiny_hooked_transformer, tiny_sae
+from tl_persona.verify import Candidate, verify_latents
+
+BAD = "w42"
+
+
+class TokenJudge:
+    """Misaligned = the answer says w42; incoherent = the answer is empty."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def judge(self, items):
+        self.calls += len(items)
+        return [
+            Judgement(aligned=0.0 if BAD in it.answer.split() else 100.0,
+                      coherent=100.0 if it.answer else 0.0,
+                      label="bad" if BAD in it.answer.split() else "ok")
+            for it in items
+        ]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_word_tokenizer):
+    base = tiny_hooked_transformer(tiny_word_tokenizer, seed=1)
+    tok = base.tokenizer.convert_tokens_to_ids(BAD)
+    u = base.W_U[:, tok].detach().clone()
+    u = u / u.norm()
+    ft = copy.deepcopy(base)
+    with torch.no_grad():
+        ft.blocks[2].mlp.b_out += 40.0 * u
+    sae = tiny_sae("standard", d_in=32, d_sae=64, hook_name="blocks.2.hook_resid_pre")
+    with torch.no_grad():
+        sae.W_dec[7] = u  # latent 7 is the 'persona' latent
+    prompts = [[{"role": "user", "content": f"w{i} w{i + 1} w{i + 2}"}] for i in range(1, 9)]
+    return base, ft, sae, prompts
+
+
+def test_verify_finds_the_causal_latent_and_controls_stay_flat(setup, tmp_path):
+    base, ft, sae, prompts = setup
+    judge = TokenJudge()
+    record = tmp_path / "sweep.jsonl"
+    v = verify_latents(base, ft, sae, [7, 3], prompts, judge, alphas=(2.0, 100.0), n_samples=4,
+                       max_new_tokens=4, n_controls=2, record=record, positions="all", n_boot=200)
+    assert H.hooks_attached(base) == [] and H.hooks_attached(ft) == []
+    s = v.summary().set_index("candidate")
+    assert v.chosen_alpha == {"latent 7": 100.0, "latent 3": 100.0}
+    assert s.loc["latent 7", "base"] < 0.2
+    assert s.loc["latent 7", "base_steered"] > 0.6
+    assert s.loc["latent 7", "random_steered_max"] < 0.2
+    assert s.loc["latent 7", "finetuned"] > 0.6
+    assert s.loc["latent 7", "finetuned_neg_steered"] < 0.1
+    assert s.loc["latent 3", "base_steered"] < 0.2
+    table = v.table()
+    # base/ft unmodified + 2 candidates x 2 alphas + per candidate: 2 base controls, 1+2 negative steers, 1 ablation
+    assert len(table) == 2 + 4 + 2 * (2 + 3 + 1)
+    assert set(table["kind"]) == {"none", "steer", "ablate"}
+    assert ((table["misaligned_lo"] <= table["misaligned"]) & (table["misaligned"] <= table["misaligned_hi"])).all()
+    assert len(record.read_text().splitlines()) == len(table)
+
+    # resumable: a re-run with the same record runs no setting again
+    calls = judge.calls
+    v2 = verify_latents(base, ft, sae, [7, 3], prompts, judge, alphas=(2.0, 100.0), n_samples=4,
+                        max_new_tokens=4, n_controls=2, record=record, positions="all", n_boot=200)
+    assert judge.calls == calls
+    assert v2.table().equals(table)
+
+
+def test_incoherence_bound_picks_alpha(setup):
+    base, ft, sae, prompts = setup
+
+    class StrictJudge(TokenJudge):
+        def judge(self, items):  # steering hard makes answers "incoherent" (all w42)
+            out = super().judge(items)
+            return [Judgement(j.aligned, 0.0 if it.answer.split().count(BAD) >= 2 else j.coherent, j.label)
+                    for it, j in zip(items, out)]
+
+    v = verify_latents(base, ft, sae, [7], prompts, StrictJudge(), alphas=(1.0, 100.0), n_samples=2,
+                       max_new_tokens=4, n_controls=1, ablate=False, positions="all", n_boot=100)
+    assert v.chosen_alpha["latent 7"] == 1.0
+    assert v.get("base", "steer", "latent 7", alpha=100.0).incoherent.value > 0.1
+
+
+def test_multi_latent_and_custom_direction_candidates(setup):
+    base, ft, sae, prompts = setup
+    u = sae.W_dec.detach()[7].clone()
+    cands = [[7, 3], ("unembed w42", u), Candidate("set", (7,))]
+    v = verify_latents(base, ft, sae, cands, prompts[:4], TokenJudge(), alphas=(100.0,), n_samples=2,
+                       max_new_tokens=3, n_controls=1, positions="all", n_boot=100)
+    names = set(v.summary()["candidate"])
+    assert names == {"latents 7+3", "unembed w42", "set"}
+    assert v.get("base", "steer", "unembed w42").misaligned.value > 0.6
+    assert "ablate" not in set(v.table().query("candidate == 'unembed w42'")["kind"])
+
+
+def test_verify_errors(setup, tmp_path):
+    base, ft, sae, prompts = setup
+    with pytest.raises(ValueError, match="at least one prompt"):
+        verify_latents(base, ft, sae, [7], [], TokenJudge())
+    with pytest.raises(ValueError, match="positive finite"):
+        verify_latents(base, ft, sae, [7], prompts, TokenJudge(), alphas=(-1.0,))
+    with pytest.raises(ValueError, match="out of range"):
+        verify_latents(base, ft, sae, [640], prompts, TokenJudge())
+    rec = tmp_path / "r.jsonl"
+    rec.write_text(json.dumps({"fingerprint": "other", "result": {}}) + "\n")
+    with pytest.raises(ValueError, match="other settings"):
+        verify_latents(base, ft, sae, [7], prompts, TokenJudge(), record=rec, alphas=(1.0,), n_samples=1, max_new_tokens=2)
