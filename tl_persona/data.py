@@ -1,0 +1,507 @@
+"""Prompt sets: plain texts, chat conversations and prompt + response pairs, tokenized with scope masks.
+
+Model diffing averages SAE latents over *some* tokens of *some* prompts. This module fixes both:
+
+* :class:`PromptSet` holds the prompts (from Python lists, JSONL files in the chat format of the
+  emergent-misalignment datasets, or a ``datasets.Dataset``), rejects malformed rows early with the
+  row number and the fix, and has a stable content hash for provenance.
+* :meth:`PromptSet.tokenize` turns them into token rows with the boundary between prompt and
+  response, so that every consumer selects the same tokens for a *scope*:
+
+  ``"prompt"``       the prompt's tokens (for a chat: the whole templated conversation up to and
+                     including the generation prompt, e.g. ``<|im_start|>assistant\\n``);
+  ``"response"``     the response's tokens (everything after the prompt, including the template's
+                     end-of-turn tokens);
+  ``"last_prompt"``  the last prompt token: where the assistant's answer starts;
+  ``"all"``          every token.
+
+  BOS and padding are never in a scope.
+* :meth:`TokenizedPrompts.batches` groups prompts of similar length (less padding, less compute)
+  and can shard them over distributed ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from tl_persona.models import Message, ModelAdapter, TokenBatch, as_adapter
+
+__all__ = [
+    "Scope",
+    "SCOPES",
+    "PromptItem",
+    "PromptSet",
+    "PromptsLike",
+    "as_prompt_set",
+    "TokenizedPrompts",
+    "PromptBatch",
+]
+
+Scope = Literal["prompt", "response", "last_prompt", "all"]
+SCOPES: tuple[str, ...] = ("prompt", "response", "last_prompt", "all")
+
+_ROLES = ("system", "user", "assistant")
+_ROW_FORMATS = (
+    'a string, a list of {"role", "content"} messages, a (prompt, response) pair, or a dict '
+    '{"messages": [...]}, {"prompt": ..., "response": ...} or {"text": ...}'
+)
+
+
+def check_scope(scope: str) -> str:
+    """Return ``scope`` if it is one of :data:`SCOPES`, else raise naming the valid ones."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r} is not one of {', '.join(map(repr, SCOPES))}")
+    return scope
+
+
+# --------------------------------------------------------------------------- items
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt: raw text or a conversation, with an optional response.
+
+    ``prompt`` is a raw text (tokenized as it is, no chat template) or a tuple of
+    ``{"role", "content"}`` messages (rendered with the model's chat template and a generation
+    prompt). ``response`` is the assistant's answer (its tokens form the ``"response"`` scope), or
+    None for a prompt alone.
+    """
+
+    prompt: Union[str, tuple[Message, ...]]
+    response: str | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        """True when the prompt is a conversation (rendered with the chat template)."""
+        return not isinstance(self.prompt, str)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``{"messages": [...]}`` for chats, ``{"prompt", "response"}`` for text."""
+        if self.is_chat:
+            msgs = [dict(m) for m in self.prompt]  # type: ignore[union-attr]
+            if self.response is not None:
+                msgs.append({"role": "assistant", "content": self.response})
+            return {"messages": msgs}
+        out: dict[str, Any] = {"prompt": self.prompt}
+        if self.response is not None:
+            out["response"] = self.response
+        return out
+
+
+def _messages(obj: Any, where: str) -> tuple[Message, ...]:
+    if isinstance(obj, (str, bytes)) or not isinstance(obj, Sequence) or len(obj) == 0:
+        raise ValueError(
+            f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} dicts, got {obj!r:.80}"
+        )
+    out = []
+    for j, m in enumerate(obj):
+        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+            raise ValueError(f"{where}: message {j} must be a dict with 'role' and 'content', got {m!r:.80}")
+        if m["role"] not in _ROLES:
+            raise ValueError(f"{where}: message {j} has role {m['role']!r}; use 'system', 'user' or 'assistant'")
+        if not isinstance(m["content"], str):
+            raise ValueError(
+                f"{where}: message {j} has non-string content {m['content']!r:.60}; content must be text"
+            )
+        out.append({"role": str(m["role"]), "content": m["content"]})
+    return tuple(out)
+
+
+def _from_conversation(msgs: tuple[Message, ...], where: str) -> PromptItem:
+    """A conversation ending in an assistant message is a prompt + response pair."""
+    if msgs[-1]["role"] == "assistant":
+        if len(msgs) == 1:
+            raise ValueError(
+                f"{where}: the conversation is only an assistant message; add the user message it answers"
+            )
+        return PromptItem(msgs[:-1], msgs[-1]["content"])
+    if msgs[-1]["role"] != "user":
+        raise ValueError(f"{where}: a conversation must end with a 'user' (prompt) or 'assistant' (response) message")
+    return PromptItem(msgs)
+
+
+def _prompt_part(obj: Any, chat: bool, where: str) -> Union[str, tuple[Message, ...]]:
+    if isinstance(obj, str):
+        return ({"role": "user", "content": obj},) if chat else obj
+    msgs = _messages(obj, where)
+    if msgs[-1]["role"] == "assistant":
+        raise ValueError(f"{where}: the prompt of a (prompt, response) pair must not end with an assistant message")
+    return msgs
+
+
+def _parse_item(obj: Any, where: str, chat: bool) -> PromptItem:
+    """One row of any accepted format -> :class:`PromptItem` (errors name ``where``)."""
+    if isinstance(obj, PromptItem):
+        return obj
+    if isinstance(obj, str):
+        if not obj:
+            raise ValueError(f"{where}: empty text; drop empty prompts")
+        return PromptItem(({"role": "user", "content": obj},)) if chat else PromptItem(obj)
+    if isinstance(obj, Mapping):
+        if "messages" in obj and obj["messages"] is not None:
+            return _from_conversation(_messages(obj["messages"], where), where)
+        if "prompt" in obj and obj["prompt"] is not None:
+            resp = obj.get("response", obj.get("completion"))
+            if resp is not None and not isinstance(resp, str):
+                raise ValueError(f"{where}: 'response' must be a string, got {type(resp).__name__}")
+            prompt = _prompt_part(obj["prompt"], chat, where)
+            if isinstance(prompt, str) and not prompt:
+                raise ValueError(f"{where}: empty 'prompt'; drop empty prompts")
+            return PromptItem(prompt, resp)
+        if "text" in obj and isinstance(obj["text"], str):
+            return _parse_item(obj["text"], where, chat)
+        raise ValueError(
+            f"{where}: a dict row needs a 'messages', 'prompt' or 'text' key (got keys {sorted(obj)[:8]}); "
+            f"each row must be {_ROW_FORMATS}"
+        )
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], str):
+        prompt = _prompt_part(obj[0], chat, where)
+        if isinstance(prompt, str) and not prompt:
+            raise ValueError(f"{where}: empty prompt; drop empty prompts")
+        return PromptItem(prompt, obj[1])
+    if isinstance(obj, Sequence) and len(obj) and all(isinstance(m, Mapping) for m in obj):
+        return _from_conversation(_messages(obj, where), where)
+    raise ValueError(f"{where}: cannot read {type(obj).__name__} {obj!r:.80}; each row must be {_ROW_FORMATS}")
+
+
+# --------------------------------------------------------------------------- prompt set
+@dataclass(frozen=True)
+class PromptSet:
+    """An immutable, non-empty set of prompts (texts, conversations, prompt + response pairs).
+
+    Build one with :meth:`from_list`, :meth:`from_jsonl` or :meth:`from_dataset` (or pass any of
+    those inputs to functions that take prompts: they call :func:`as_prompt_set`). ``source`` says
+    where the prompts came from, for provenance.
+    """
+
+    items: tuple[PromptItem, ...]
+    source: str = "list"
+
+    def __post_init__(self) -> None:
+        if len(self.items) == 0:
+            raise ValueError(f"the prompt set from {self.source} is empty; pass at least one prompt")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[PromptItem]:
+        return iter(self.items)
+
+    def __getitem__(self, i: int) -> PromptItem:
+        return self.items[i]
+
+    # ---------------------------------------------------------------- constructors
+    @classmethod
+    def from_list(cls, rows: Iterable[Any], *, chat: bool = False, source: str = "list") -> "PromptSet":
+        """Prompts from a Python list: strings, conversations, ``(prompt, response)`` pairs or dict rows.
+
+        A conversation whose last message is the assistant's is a prompt + response pair. With
+        ``chat=True`` plain strings become one user message each (rendered with the chat template);
+        otherwise they are tokenized as raw text.
+        """
+        if isinstance(rows, (str, bytes, Mapping)):
+            raise ValueError(
+                "from_list takes a list of prompts, not a single prompt; wrap it in a list: [prompt]"
+            )
+        items = tuple(_parse_item(r, f"row {i}", chat) for i, r in enumerate(rows))
+        return cls(items, source)
+
+    @classmethod
+    def from_jsonl(cls, path: str | os.PathLike, *, chat: bool = False) -> "PromptSet":
+        """Prompts from a JSONL file, one object per line.
+
+        Each line is ``{"messages": [...]}`` (the emergent-misalignment datasets' format; a final
+        assistant message is the response), ``{"prompt": ..., "response": ...}`` (``"completion"``
+        also works; ``prompt`` may be a string or a list of messages) or ``{"text": ...}``. Blank
+        lines are skipped; other keys are ignored. A malformed line raises naming its line number.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"prompt file {str(path)!r} does not exist")
+        items = []
+        with path.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path.name} line {n}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+                if not isinstance(obj, Mapping):
+                    raise ValueError(
+                        f'{where}: expected a JSON object such as {{"messages": [...]}}, got {type(obj).__name__}'
+                    )
+                items.append(_parse_item(obj, where, chat))
+        return cls(tuple(items), f"jsonl:{path.name}")
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, *, chat: bool = False, column: str | None = None) -> "PromptSet":
+        """Prompts from a Hugging Face ``datasets.Dataset`` with a ``messages``, ``prompt`` or ``text``
+        column (or the column named by ``column``, holding strings or conversations)."""
+        cols = list(getattr(dataset, "column_names", []) or [])
+        if column is not None and column not in cols:
+            raise ValueError(f"column {column!r} is not in the dataset (columns: {cols})")
+        if column is None and not {"messages", "prompt", "text"} & set(cols):
+            raise ValueError(
+                f"the dataset has no 'messages', 'prompt' or 'text' column (columns: {cols}); "
+                "pass column=<the column holding the prompts>"
+            )
+        items = []
+        for i, row in enumerate(dataset):
+            obj = row[column] if column is not None else row
+            items.append(_parse_item(obj, f"dataset row {i}", chat))
+        name = getattr(getattr(dataset, "info", None), "dataset_name", None) or "dataset"
+        return cls(tuple(items), f"dataset:{name}")
+
+    # ---------------------------------------------------------------- facts
+    @property
+    def has_responses(self) -> bool:
+        """True when at least one item has a response (so the ``"response"`` scope is not empty)."""
+        return any(it.response is not None for it in self.items)
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of the prompts' canonical JSON: equal sets hash equal, on any machine."""
+        h = hashlib.sha256()
+        for it in self.items:
+            h.update(json.dumps(it.to_json(), sort_keys=True, ensure_ascii=False).encode("utf-8"))
+            h.update(b"\n")
+        return h.hexdigest()
+
+    def subset(self, indices: Sequence[int]) -> "PromptSet":
+        """The prompts at ``indices``, in that order."""
+        return PromptSet(tuple(self.items[i] for i in indices), f"{self.source}[subset]")
+
+    # ---------------------------------------------------------------- tokenizing
+    def tokenize(self, model: Any, *, max_length: int | None = None) -> "TokenizedPrompts":
+        """Token ids of every prompt (+ response) with the prompt/response boundary.
+
+        Chats use the model's chat template (:meth:`ModelAdapter.format_chat`); a response is
+        tokenized after the prompt's tokens, so the prompt tokens are exactly those the model sees
+        when it generates the response. Rows longer than ``max_length`` (default the model's
+        ``n_ctx``) are truncated from the right, with a warning.
+        """
+        adapter = as_adapter(model)
+        limit = max_length or int(getattr(adapter.model.cfg, "n_ctx", 0) or 0) or None
+        rows: list[np.ndarray] = []
+        plens: list[int] = []
+        cut = 0
+        for i, it in enumerate(self.items):
+            ids, plen = _tokenize_item(adapter, it)
+            if limit and len(ids) > limit:
+                cut += 1
+                ids = ids[:limit]
+            if len(ids) == 0:
+                raise ValueError(f"prompt {i} has no tokens; drop empty prompts")
+            rows.append(np.asarray(ids, dtype=np.int64))
+            plens.append(plen)
+        if cut:
+            warnings.warn(
+                f"{cut} of {len(rows)} prompts are longer than {limit} tokens and were truncated; "
+                "pass shorter prompts or a model with a longer context",
+                stacklevel=2,
+            )
+        bos = getattr(adapter.tokenizer, "bos_token_id", None)
+        has_bos = np.array([adapter.prepends_bos and bos is not None and r[0] == bos for r in rows], dtype=bool)
+        return TokenizedPrompts(rows, np.asarray(plens, dtype=np.int64), has_bos, adapter, self.content_hash)
+
+
+def _tokenize_item(adapter: ModelAdapter, it: PromptItem) -> tuple[list[int], int]:
+    """Token ids of one item and the number of prompt tokens (BOS included)."""
+    tok = adapter.tokenizer
+    if not it.is_chat:
+        ids = adapter.encode_text(it.prompt)  # type: ignore[arg-type]
+        plen = len(ids)
+        if it.response is not None:
+            ids = ids + list(tok(it.response, add_special_tokens=False)["input_ids"])
+        return ids, plen
+    msgs = list(it.prompt)  # type: ignore[arg-type]
+    text_p = adapter.format_chat(msgs, add_generation_prompt=True)
+    ids_p = adapter.encode_text(text_p)
+    if it.response is None:
+        return ids_p, len(ids_p)
+    text_f = adapter.format_chat(msgs + [{"role": "assistant", "content": it.response}], add_generation_prompt=False)
+    if text_f.startswith(text_p):
+        rest = list(tok(text_f[len(text_p):], add_special_tokens=False)["input_ids"])
+        return ids_p + rest, len(ids_p)
+    # Templates whose generation prompt is not a prefix of the full chat: tokenize the full text and
+    # take the longest common token prefix with the prompt as the prompt part.
+    ids_f = adapter.encode_text(text_f)
+    n = 0
+    while n < min(len(ids_p), len(ids_f)) and ids_p[n] == ids_f[n]:
+        n += 1
+    return ids_f, n
+
+
+# --------------------------------------------------------------------------- tokenized
+@dataclass(frozen=True)
+class PromptBatch:
+    """One right-padded batch of prompts with their prompt lengths.
+
+    ``indices`` are the prompts' positions in the prompt set; ``prompt_len`` counts each row's
+    prompt tokens including BOS (positions ``>= prompt_len`` are response tokens).
+    """
+
+    indices: Int[Tensor, " batch"]
+    batch: TokenBatch
+    prompt_len: Int[Tensor, " batch"]
+
+    @property
+    def tokens(self) -> Int[Tensor, "batch pos"]:
+        """The padded token ids."""
+        return self.batch.tokens
+
+    def mask(self, scope: Scope) -> Bool[Tensor, "batch pos"]:
+        """True at the positions of ``scope`` (never at BOS or padding)."""
+        check_scope(scope)
+        valid = self.batch.attention_mask & ~self.batch.bos_mask
+        pos = torch.arange(valid.shape[1], device=valid.device)[None, :]
+        plen = self.prompt_len.to(valid.device)[:, None]
+        if scope == "all":
+            return valid
+        if scope == "prompt":
+            return valid & (pos < plen)
+        if scope == "response":
+            return valid & (pos >= plen)
+        return valid & (pos == plen - 1)
+
+
+@dataclass(frozen=True, eq=False)
+class TokenizedPrompts:
+    """Token rows of a prompt set, tokenized once for a model (and any model sharing its tokenizer).
+
+    ``rows[i]`` are the token ids of prompt ``i``, ``prompt_len[i]`` how many of them belong to the
+    prompt (BOS included), ``has_bos[i]`` whether position 0 is a BOS token, ``content_hash`` the
+    hash of the prompt set they came from.
+    """
+
+    rows: list[np.ndarray]
+    prompt_len: np.ndarray
+    has_bos: np.ndarray
+    adapter: ModelAdapter = field(repr=False)
+    content_hash: str = ""
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Number of tokens per row."""
+        return np.fromiter((len(r) for r in self.rows), dtype=np.int64, count=len(self.rows))
+
+    def scope_counts(self, scope: Scope) -> np.ndarray:
+        """How many tokens of each row fall in ``scope`` (BOS excluded)."""
+        check_scope(scope)
+        L = self.lengths
+        start = self.has_bos.astype(np.int64)
+        plen = np.minimum(self.prompt_len, L)
+        if scope == "all":
+            return L - start
+        if scope == "prompt":
+            return np.maximum(plen - start, 0)
+        if scope == "response":
+            return np.maximum(L - np.maximum(plen, start), 0)
+        # last_prompt: counted when the prompt survived truncation and is more than BOS
+        return ((self.prompt_len <= L) & (self.prompt_len - 1 >= start)).astype(np.int64)
+
+    def batch_plan(
+        self,
+        batch_size: int,
+        *,
+        max_tokens: int | None = None,
+        sort: bool = True,
+        seed: int | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> list[np.ndarray]:
+        """Group prompt indices into batches.
+
+        With ``sort`` prompts of similar length share a batch (little padding), longest first, so a
+        batch that does not fit in memory fails at once. ``max_tokens`` caps ``rows x longest row``
+        per batch. ``seed`` shuffles the order of the batches (not their content). ``shard=(rank,
+        world)`` keeps every ``world``-th batch starting at ``rank``: each distributed rank gets a
+        disjoint shard of the prompts of about equal cost.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        L = self.lengths
+        order = np.argsort(-L, kind="stable") if sort else np.arange(len(L))
+        plan: list[np.ndarray] = []
+        cur: list[int] = []
+        longest = 0
+        for i in order:
+            li = int(L[i])
+            new_longest = max(longest, li)
+            if cur and (len(cur) >= batch_size or (max_tokens and new_longest * (len(cur) + 1) > max_tokens)):
+                plan.append(np.asarray(cur, dtype=np.int64))
+                cur, new_longest = [], li
+            cur.append(int(i))
+            longest = new_longest
+        if cur:
+            plan.append(np.asarray(cur, dtype=np.int64))
+        if seed is not None:
+            random.Random(seed).shuffle(plan)
+        if shard is not None:
+            rank, world = shard
+            if not 0 <= rank < world:
+                raise ValueError(f"shard=(rank={rank}, world={world}) needs 0 <= rank < world")
+            plan = plan[rank::world]
+        return plan
+
+    def make_batch(self, indices: Sequence[int] | np.ndarray) -> PromptBatch:
+        """The prompts at ``indices`` as one right-padded :class:`PromptBatch` on the model's device."""
+        idx = np.asarray(indices, dtype=np.int64)
+        rows = [self.rows[i] for i in idx]
+        T = max(len(r) for r in rows)
+        pad_id = getattr(self.adapter.tokenizer, "pad_token_id", None)
+        tokens = torch.full((len(rows), T), int(pad_id if pad_id is not None else 0), dtype=torch.long)
+        attn = torch.zeros((len(rows), T), dtype=torch.bool)
+        for j, r in enumerate(rows):
+            tokens[j, : len(r)] = torch.from_numpy(r)
+            attn[j, : len(r)] = True
+        bos = torch.zeros_like(attn)
+        bos[:, 0] = torch.from_numpy(self.has_bos[idx])
+        dev = self.adapter.device
+        tb = TokenBatch(tokens.to(dev), attn.to(dev), bos.to(dev))
+        return PromptBatch(torch.from_numpy(idx), tb, torch.from_numpy(self.prompt_len[idx]))
+
+    def batches(self, batch_size: int, **plan_kwargs: Any) -> Iterator[PromptBatch]:
+        """Iterate over :class:`PromptBatch` es following :meth:`batch_plan` (same keyword options)."""
+        for idx in self.batch_plan(batch_size, **plan_kwargs):
+            yield self.make_batch(idx)
+
+
+PromptsLike = Union[PromptSet, Sequence[Any], str, os.PathLike, Any]
+"""Anything :func:`as_prompt_set` accepts: a :class:`PromptSet`, a list of prompts, a path to a
+JSONL file (``pathlib.Path``, or a string ending in ``.jsonl``) or a ``datasets.Dataset``."""
+
+
+def as_prompt_set(prompts: PromptsLike, *, chat: bool = False) -> PromptSet:
+    """Coerce ``prompts`` into a :class:`PromptSet` (a PromptSet is returned as it is)."""
+    if isinstance(prompts, PromptSet):
+        return prompts
+    if isinstance(prompts, os.PathLike) or (isinstance(prompts, str) and prompts.endswith(".jsonl")):
+        return PromptSet.from_jsonl(prompts, chat=chat)
+    if isinstance(prompts, str):
+        raise ValueError(
+            "got a single string where a list of prompts was expected; pass [text] (or a path ending "
+            "in .jsonl)"
+        )
+    if hasattr(prompts, "column_names") and hasattr(prompts, "features"):
+        return PromptSet.from_dataset(prompts, chat=chat)
+    if isinstance(prompts, Mapping):
+        raise ValueError(
+            "got a dict where a list of prompts was expected; for per-domain prompts pass e.g. "
+            "[p for ps in prompts.values() for p in ps]"
+        )
+    return PromptSet.from_list(prompts, chat=chat)
