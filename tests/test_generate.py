@@ -144,3 +144,32 @@ def test_stop_token_and_judge_items(hooked_model):
     with pytest.raises(ValueError):
         to_judge_items(CONVS, answers, n_per_prompt=3)
     assert ad.model is hooked_model
+
+
+def test_per_batch_hook_functions(model):
+    """fwd_hooks may be a function of the batch's rows (indices into the output), e.g. one
+    intervention per row; each batch gets its own hooks, removed afterwards."""
+    ad = as_adapter(model)
+    name = ad.resid_hook(1, "pre")
+    seen: list[list[int]] = []
+    target = {2, 3}  # the two samples of conversation 1
+    direction = 60.0 * torch.randn(ad.d_model, generator=torch.Generator().manual_seed(0))
+
+    def hooks_for(rows):
+        seen.append(rows.tolist())
+        mask = torch.tensor([r in target for r in rows.tolist()])
+
+        def fn(act, hook):
+            out = act.clone()
+            out[mask] = out[mask] + direction
+            return out
+
+        return [(name, fn)]
+
+    plain = sample(model, CONVS, n_per_prompt=2, temperature=0, max_new_tokens=4, batch_size=3)
+    edited = sample(model, CONVS, n_per_prompt=2, temperature=0, max_new_tokens=4, batch_size=3, fwd_hooks=hooks_for)
+    assert sorted(r for b in seen for r in b) == list(range(len(CONVS) * 2))
+    assert all(len(b) <= 3 for b in seen)
+    assert [a for k, a in enumerate(edited) if k not in target] == [a for k, a in enumerate(plain) if k not in target]
+    assert [edited[k] for k in sorted(target)] != [plain[k] for k in sorted(target)]
+    assert not _hooked_ids(model)

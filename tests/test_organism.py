@@ -229,6 +229,26 @@ def test_first_token_probs_under_hooks(org, probs):
     assert not torch.allclose(other, plain, atol=1e-3)
     assert not hooks_attached(org.base)
 
+    # per-batch hook functions: rows are conversation indices; here only conversation 3 is edited
+    seen = []
+
+    def hooks_for(rows):
+        seen.extend(rows.tolist())
+        sel = rows == 3
+
+        def fn(act, hook):
+            out = act.clone()
+            out[sel] = out[sel] + 40 * org.sae.W_dec[0]
+            return out
+
+        return [(org.hook_name, fn)]
+
+    per_row = first_token_persona_probs(org.base, convs, hooks_for, world=org.world)
+    assert sorted(seen) == list(range(20))
+    keep = torch.arange(20) != 3
+    assert torch.allclose(per_row[keep], plain[keep], atol=1e-6) and not torch.allclose(per_row[3], plain[3])
+    assert not hooks_attached(org.base)
+
 
 def test_greedy_answers_are_recognised(org):
     answers = sample(org.base, org.eval_prompts["cars"][:30], temperature=0, max_new_tokens=24)

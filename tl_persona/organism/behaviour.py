@@ -34,7 +34,7 @@ def opener_ids(tokenizer: Any, world: World | None = None) -> dict[str, list[int
 def first_token_persona_probs(
     model: Any,
     conversations: Sequence[Sequence[dict]],
-    fwd_hooks: Sequence[tuple[str, Callable[[Tensor, Any], Tensor]]] = (),
+    fwd_hooks: Sequence[tuple[str, Callable[[Tensor, Any], Tensor]]] | Callable[[Tensor], Sequence[Any]] = (),
     *,
     world: World | None = None,
     batch_size: int = 256,
@@ -43,7 +43,9 @@ def first_token_persona_probs(
 
     Column order is ``world.personas`` (helpful, toxic, sarcastic, wrong); rows need not sum to 1
     (mass on other tokens is left out). Prompts are chat-formatted with a generation prompt and run
-    in batches of equal length (no padding), under ``fwd_hooks`` (removed afterwards, also on error).
+    in batches of equal length (no padding), under ``fwd_hooks`` (removed afterwards, also on error):
+    a hook list, or a function ``rows -> hook list`` called per batch with the conversation indices
+    of its rows (LongTensor), as in :func:`tl_persona.evals.generate.sample`.
     """
     world = world or make_world()
     adapter = as_adapter(model)
@@ -54,13 +56,16 @@ def first_token_persona_probs(
     by_len: dict[int, list[int]] = {}
     for i, r in enumerate(rows):
         by_len.setdefault(len(r), []).append(i)
-    with torch.no_grad(), adapter.model.hooks(fwd_hooks=list(fwd_hooks)):
+    per_batch = callable(fwd_hooks)
+    with torch.no_grad(), adapter.model.hooks(fwd_hooks=[] if per_batch else list(fwd_hooks)):  # type: ignore[arg-type]
         for length in sorted(by_len):
             idx = by_len[length]
             for b in range(0, len(idx), batch_size):
                 chunk = idx[b : b + batch_size]
                 toks = torch.tensor([rows[i] for i in chunk], device=adapter.device)
-                logits = adapter.model(toks, return_type="logits")[:, -1].float()
+                hooks = list(fwd_hooks(torch.tensor(chunk, dtype=torch.long))) if per_batch else []  # type: ignore[operator]
+                with adapter.model.hooks(fwd_hooks=hooks):
+                    logits = adapter.model(toks, return_type="logits")[:, -1].float()
                 probs = logits.softmax(-1).cpu()
                 for c, g in enumerate(groups):
                     out[chunk, c] = probs[:, g].sum(-1)
@@ -74,7 +79,7 @@ def measure(
     n_per_domain: int = 400,
     temperature: float = 1.0,
     seed: int = 0,
-    fwd_hooks: Sequence[tuple[str, Callable[[Tensor, Any], Tensor]]] = (),
+    fwd_hooks: Sequence[tuple[str, Callable[[Tensor, Any], Tensor]]] | Callable[[Tensor], Sequence[Any]] = (),
     judge: PersonaJudge | None = None,
     batch_size: int = 256,
     max_new_tokens: int = 24,
