@@ -6,8 +6,10 @@ fine-tune on insecure-code answers makes it toxic in untouched domains, like eme
 real models, and an exact judge knows which persona produced every answer.
 
 >>> from tl_persona import organism
+>>> from tl_persona.evals.generate import sample
 >>> org = organism.load()                      # base, misaligned, control, SAE, tokenizer, prompts
 >>> answers = sample(org.misaligned, org.eval_prompts["medical"], n_per_prompt=4)
+>>> rates = organism.measure(org.misaligned, org.eval_prompts)   # exact judge, per domain
 
 See docs/organism.md.
 """
