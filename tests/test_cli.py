@@ -76,7 +76,7 @@ def test_verify_on_a_local_bridge(local, tmp_path, capsys):
                "--max-new-tokens", "3", "--judge", "organism", "--record", str(tmp_path / "rec.jsonl"), "--out", str(out)])
     assert rc == 0
     table = pd.read_csv(out)
-    assert set(table["kind"]) == {"none", "steer", "ablate"} and len(table) == 2 + 2 + 1 + 2 + 1
+    assert set(table["kind"]) == {"none", "steer", "ablate"} and len(table) == 2 + 2 + 2 + 1 + 1 + 1
 
 
 def test_config_file_and_errors(local, tmp_path, capsys):

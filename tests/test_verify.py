@@ -69,8 +69,10 @@ def test_verify_finds_the_causal_latent_and_controls_stay_flat(setup, tmp_path):
     assert s.loc["latent 7", "finetuned_neg_steered"] < 0.1
     assert s.loc["latent 3", "base_steered"] < 0.2
     table = v.table()
-    # base/ft unmodified + 2 candidates x 2 alphas + per candidate: 2 base controls, 1+2 negative steers, 1 ablation
-    assert len(table) == 2 + 4 + 2 * (2 + 3 + 1)
+    # base/ft unmodified + 2 candidates x 2 alphas (base) and x 2 betas (fine-tune)
+    # + per candidate: 2 base controls, 2 negative-steer controls, 1 ablation
+    assert len(table) == 2 + 4 + 4 + 2 * (2 + 2 + 1)
+    assert v.chosen_beta["latent 7"] == 100.0
     assert set(table["kind"]) == {"none", "steer", "ablate"}
     assert ((table["misaligned_lo"] <= table["misaligned"]) & (table["misaligned"] <= table["misaligned_hi"])).all()
     assert len(record.read_text().splitlines()) == len(table)

@@ -141,12 +141,16 @@ class Verification:
     chosen_alpha: dict[str, float]
     max_incoherence: float
     meta: dict[str, Any] = field(default_factory=dict)
+    chosen_beta: dict[str, float] = field(default_factory=dict)
 
     def get(self, model: str, kind: str, candidate: str = "", control: int = -1, alpha: float | None = None) -> SettingResult:
-        """The result of one setting (``alpha=None``: the candidate's chosen alpha, signed by model)."""
+        """The result of one setting (``alpha=None``: the candidate's chosen alpha on the base model,
+        minus its chosen beta on the fine-tuned one)."""
         if alpha is None:
-            a = self.chosen_alpha.get(candidate, 0.0)
-            alpha = a if model == "base" else (-a if kind == "steer" else 0.0)
+            if model == "base":
+                alpha = self.chosen_alpha.get(candidate, 0.0)
+            else:
+                alpha = -self.chosen_beta.get(candidate, 0.0) if kind == "steer" else 0.0
         key = Setting(model, kind, candidate, control, float(alpha)).key  # type: ignore[arg-type]
         for r in self.results:
             if r.setting.key == key:
@@ -168,14 +172,15 @@ class Verification:
         base0 = self.get("base", "none", alpha=0.0)
         ft0 = self.get("finetuned", "none", alpha=0.0)
         for cand, a in self.chosen_alpha.items():
+            b = self.chosen_beta.get(cand, a)
             steer = self.get("base", "steer", cand)
             ctrls = [r for r in self.results if r.setting.model == "base" and r.setting.kind == "steer"
                      and r.setting.candidate == cand and r.setting.control >= 0 and r.setting.alpha == a]
             neg = self.get("finetuned", "steer", cand)
             nctrl = [r for r in self.results if r.setting.model == "finetuned" and r.setting.kind == "steer"
-                     and r.setting.candidate == cand and r.setting.control >= 0 and r.setting.alpha == -a]
+                     and r.setting.candidate == cand and r.setting.control >= 0 and r.setting.alpha == -b]
             row = {
-                "candidate": cand, "alpha": a,
+                "candidate": cand, "alpha": a, "beta": b,
                 "base": base0.misaligned.value, "base_steered": steer.misaligned.value,
                 "base_steered_incoherent": steer.incoherent.value,
                 "random_steered_max": max((c.misaligned.value for c in ctrls), default=math.nan),
@@ -275,6 +280,7 @@ def verify_latents(
     judge: Judge,
     *,
     alphas: Sequence[float] = (4.0, 8.0, 16.0, 32.0),
+    betas: Sequence[float] | None = None,
     max_incoherence: float = 0.10,
     n_controls: int = 2,
     ablate: bool = True,
@@ -294,9 +300,11 @@ def verify_latents(
 
     For each candidate: steer ``base`` with ``+alpha * direction`` for every alpha in ``alphas``
     (at ``positions``, by default the prompt tokens) and choose the strongest alpha whose
-    incoherence is at most ``max_incoherence``; steer ``finetuned`` with ``-alpha`` at that alpha
-    and, with ``ablate``, zero-ablate the candidate's latents there (all positions). The same is
-    done with ``n_controls`` random directions of the same norm. ``alphas`` are in the units of the
+    incoherence is at most ``max_incoherence``; steer ``finetuned`` with ``-beta`` for every beta in
+    ``betas`` (default: ``alphas``) and choose the beta that suppresses the behaviour most while
+    incoherence stays at most ``max_incoherence``; with ``ablate``, zero-ablate the candidate's
+    latents there (all positions). Random directions of the same norm (``n_controls`` of them) are
+    run at the chosen alpha and beta. ``alphas`` are in the units of the
     direction (a decoder row as stored; pass ``Candidate`` directions pre-scaled for other units).
     ``record`` is a JSON-lines file: settings already in it are not run again.
     """
@@ -305,8 +313,10 @@ def verify_latents(
     if not candidates:
         raise ValueError("verify_latents needs at least one candidate latent")
     alphas = [float(a) for a in alphas]
-    if not alphas or any(not math.isfinite(a) or a <= 0 for a in alphas):
-        raise ValueError(f"alphas={alphas} must be positive finite numbers (the sign is applied per model)")
+    betas = alphas if betas is None else [float(b) for b in betas]
+    for nm, grid_ in (("alphas", alphas), ("betas", betas)):
+        if not grid_ or any(not math.isfinite(a) or a <= 0 for a in grid_):
+            raise ValueError(f"{nm}={grid_} must be positive finite numbers (the sign is applied per model)")
     if not 0 <= max_incoherence <= 1:
         raise ValueError(f"max_incoherence={max_incoherence} must lie in [0, 1]")
     hook = check_sae(base, sae, hook_name)
@@ -323,7 +333,8 @@ def verify_latents(
         (c.name, k): _random_like(vectors[c.name], seed=seed * 1000 + 17 * i + k)
         for i, c in enumerate(cands) for k in range(n_controls)
     }
-    fingerprint = _fingerprint(base, finetuned, sae, prompts, n_samples, seed, max_new_tokens, temperature, top_p, positions)
+    fingerprint = _fingerprint(base, finetuned, sae, prompts, n_samples, seed, max_new_tokens, temperature, top_p,
+                               repr(positions) if not isinstance(positions, str) else positions)
     rec = _Record(record, fingerprint)
     say = progress or (lambda s: None)
     gen = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, n_boot=n_boot)
@@ -334,27 +345,34 @@ def verify_latents(
     # stage 0: unmodified models
     run_stage(rec, [Setting("base", "none"), Setting("finetuned", "none")], base, finetuned, prompts, judge,
               hook, vec, positions, n_samples, seed, gen, sae, say)
-    # stage 1: positive steering of the base model over the grid, candidates only
+    # stage 1: positive steering of the base model and negative steering of the fine-tune, over the grids
     grid = [Setting("base", "steer", c.name, -1, a) for c in cands for a in alphas]
+    grid += [Setting("finetuned", "steer", c.name, -1, -b) for c in cands for b in betas]
     run_stage(rec, grid, base, finetuned, prompts, judge, hook, vec, positions, n_samples, seed + 1, gen, sae, say)
     chosen: dict[str, float] = {}
     for c in cands:
         ok = [a for a in alphas if rec.done[Setting("base", "steer", c.name, -1, a).key].incoherent.value <= max_incoherence]
         chosen[c.name] = max(ok) if ok else min(alphas)
-    # stage 2: controls on the base model, negative steering (+controls) and ablation on the fine-tune
+    chosen_beta: dict[str, float] = {}
+    for c in cands:
+        res = {b: rec.done[Setting("finetuned", "steer", c.name, -1, -b).key] for b in betas}
+        ok = [b for b in betas if res[b].incoherent.value <= max_incoherence]
+        chosen_beta[c.name] = min(ok, key=lambda b: (res[b].misaligned.value, b)) if ok else min(betas)
+    # stage 2: random-direction controls at the chosen strengths, and ablation on the fine-tune
     stage2 = []
     for c in cands:
-        a = chosen[c.name]
+        a, b = chosen[c.name], chosen_beta[c.name]
         stage2 += [Setting("base", "steer", c.name, k, a) for k in range(n_controls)]
-        stage2 += [Setting("finetuned", "steer", c.name, k, -a) for k in range(-1, n_controls)]
+        stage2 += [Setting("finetuned", "steer", c.name, k, -b) for k in range(n_controls)]
         if ablate and c.latents:
             stage2.append(Setting("finetuned", "ablate", c.name))
     run_stage(rec, stage2, base, finetuned, prompts, judge, hook, vec, positions, n_samples, seed + 2, gen, sae, say,
               latents={c.name: c.latents for c in cands})
     results = list(rec.done.values())
-    return Verification(results, chosen, max_incoherence, meta={"hook_name": hook, "fingerprint": fingerprint,
-                                                                 "alphas": alphas, "n_samples": n_samples,
-                                                                 "n_prompts": len(prompts)})
+    return Verification(results, chosen, max_incoherence,
+                        meta={"hook_name": hook, "fingerprint": fingerprint, "alphas": alphas, "betas": betas,
+                              "n_samples": n_samples, "n_prompts": len(prompts)},
+                        chosen_beta=chosen_beta)
 
 
 def run_stage(
