@@ -83,10 +83,11 @@ def test_state_dict_round_trip_and_errors():
     assert torch.isnan(fresh.var).all() and torch.isnan(fresh.freq).all() and torch.isinf(fresh.max).all()
 
 
-def test_per_prompt_tracker():
-    t = PerPromptTracker([3, 1])
+@pytest.mark.parametrize("capacity", [None, 6], ids=["lists", "preallocated"])
+def test_per_prompt_tracker(capacity):
+    t = PerPromptTracker([3, 1], capacity=capacity)
     t.add(torch.tensor([5, 2]), torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([2, 0]))
-    u = PerPromptTracker([3, 1])
+    u = PerPromptTracker([3, 1], capacity=capacity)
     u.add(torch.tensor([0]), torch.tensor([[6.0, 9.0]]), torch.tensor([3]))
     t.merge(u)
     assert t.prompt_ids.tolist() == [0, 2, 5]
@@ -96,11 +97,14 @@ def test_per_prompt_tracker():
     assert t.column(1) == 1
     with pytest.raises(KeyError, match="not tracked"):
         t.column(7)
-    t.add(torch.tensor([0]), torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
     with pytest.raises(ValueError, match="twice"):
+        t.add(torch.tensor([0]), torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
         t.prompt_ids
     r = PerPromptTracker.from_state_dict(u.state_dict())
     assert torch.equal(r.sums, u.sums)
+    if capacity is not None:
+        with pytest.raises(ValueError, match="capacity"):
+            u.add(torch.tensor([6]), torch.zeros(1, 2), torch.tensor([1]))
 
 
 def test_bootstrap_ratio_delta():

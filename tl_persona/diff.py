@@ -63,7 +63,11 @@ RankBy = Literal["delta", "effect_size", "relative_delta"]
 FORMAT = "tl_persona.LatentDiff"
 FORMAT_VERSION = 1
 _META_KEY = "tl_persona"
-_CHUNK_ELEMENTS = 2**24  # latents materialized at once: rows x d_sae (64 MiB in float32)
+# Latent values materialized at once (rows x d_sae). On CPU a small chunk (16 MiB in float32) keeps the
+# C heap from fragmenting under buffers of varying size, which would let the peak memory creep up with
+# the number of batches; on CUDA, PyTorch's caching allocator handles that and big chunks run faster.
+_CHUNK_ELEMENTS = 2**22
+_CHUNK_ELEMENTS_CUDA = 2**26
 _PILOT_PROMPTS = 64  # prompts in the pilot that picks the per-prompt candidates (at least one batch)
 _PILOT_ELEMENTS = 2**24  # and at most this many per-prompt values (prompts x d_sae) per model
 _WRITE_CHUNK = 1 << 20
@@ -167,8 +171,32 @@ def _sae_for(sae: Any, dtype: torch.dtype | None) -> Any:
     return copy.deepcopy(sae).to(dtype=dtype)
 
 
-def _chunk_rows(n_latents: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(1, n_latents))
+_LIBC: Any = None
+
+
+def _trim_heap() -> None:
+    """Hand freed C-heap memory back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    Why: a CPU forward pass allocates and frees many buffers whose sizes change from batch to
+    batch; glibc keeps the freed ones, fragmented, and the process's peak memory then creeps up with
+    the number of batches although nothing is kept. Trimming after each batch keeps the peak flat.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+def _chunk_rows(n_latents: int, device: torch.device) -> int:
+    budget = _CHUNK_ELEMENTS_CUDA if device.type == "cuda" else _CHUNK_ELEMENTS
+    return max(1, budget // max(1, n_latents))
 
 
 @dataclass
@@ -207,7 +235,7 @@ def _run_batch(
     if x.shape[0]:
         rows = m.nonzero()[:, 0].to(p.device)
         x = x.to(device=p.device, dtype=p.dtype)
-        step = _chunk_rows(D)
+        step = _chunk_rows(D, p.device)
         with torch.inference_mode():
             for s in range(0, x.shape[0], step):
                 f = sae.encode(x[s : s + step])
@@ -302,11 +330,14 @@ def collect(
     enc = _sae_for(sae, dtype)
     rank, world = _shard(distributed)
     stats = LatentStats(d_sae(sae), device=enc.W_dec.device)
-    tracker = PerPromptTracker(check_latents(sae, latents_per_prompt)) if latents_per_prompt is not None else None
+    tracker = (PerPromptTracker(check_latents(sae, latents_per_prompt), capacity=len(ps))
+               if latents_per_prompt is not None else None)
     sinks = _Sinks(stats=stats, tracker=tracker)
     for idx in tp.batch_plan(batch_size, max_tokens=max_tokens, shard=(rank, world)):
         pb = tp.make_batch(idx)
         _run_batch(adapter, enc, pb, pb.mask(scope), hook, sinks)
+        if adapter.device.type == "cpu":
+            _trim_heap()
     if world > 1:
         stats.reduce_distributed()
         if tracker is not None:
@@ -447,12 +478,16 @@ def diff_latents(
     stats = [LatentStats(D, device=dev), LatentStats(D, device=dev)]
     adapters = (a0, a1)
 
+    on_cpu = all(a.device.type == "cpu" for a in adapters)
+
     def run(batches: Iterable[np.ndarray], sinks: Sequence[_Sinks]) -> None:
         for idx in batches:
             pb = tp.make_batch(idx)
             mask = pb.mask(scope)
             for adapter, s in zip(adapters, sinks):
                 _run_batch(adapter, enc, pb, mask, hook, s)
+            if on_cpu:
+                _trim_heap()
 
     trackers: list[PerPromptTracker] | None = None
     second_pass = 0
@@ -475,7 +510,7 @@ def diff_latents(
         n_cand = min(D, max(_CANDIDATES[0] * per_prompt_top, per_prompt_top + _CANDIDATES[1]))
         cands = torch.tensor(_select_top(glob[1].mean - glob[0].mean, n_cand), dtype=torch.long)
         del glob
-        trackers = [PerPromptTracker(cands), PerPromptTracker(cands)]
+        trackers = [PerPromptTracker(cands, capacity=len(ps)) for _ in range(2)]
         for tr, pil in zip(trackers, pilots):
             for ids, sums, counts in pil:
                 tr.add(ids, sums[:, cands].to(torch.float64), counts)
@@ -499,7 +534,7 @@ def diff_latents(
         if missing:
             # 4) rare: a final top latent was not among the pilot's candidates -> exact second pass.
             second_pass = len(missing)
-            extra = [PerPromptTracker(missing), PerPromptTracker(missing)]
+            extra = [PerPromptTracker(missing, capacity=len(ps)) for _ in range(2)]
             run(plan, [_Sinks(tracker=t) for t in extra])
             if world > 1:
                 for t in extra:

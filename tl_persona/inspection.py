@@ -22,11 +22,21 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_persona.data import PromptsLike, Scope, TokenizedPrompts, as_prompt_set, check_scope
+from tl_persona.diff import _chunk_rows
 from tl_persona.models import ModelAdapter, as_adapter
 from tl_persona.saes import check_latents, check_sae, d_in, d_sae
 from tl_persona.stats import LatentStats
 
-__all__ = ["ActivatingExample", "top_activating", "LogitLens", "logit_lens", "LatentCard", "latent_card", "MARK"]
+__all__ = [
+    "ActivatingExample",
+    "top_activating",
+    "LogitLens",
+    "logit_lens",
+    "direct_logits",
+    "LatentCard",
+    "latent_card",
+    "MARK",
+]
 
 MARK = ("⟦", "⟧")
 """Brackets put around the activating token in rendered examples."""
@@ -92,7 +102,7 @@ def _stream_top(
     stats = LatentStats(m)
     p = sae.W_dec
     lat = latents.to(p.device)
-    step = max(1, 2**24 // d_sae(sae))
+    step = _chunk_rows(d_sae(sae), p.device)
     for idx in tp.batch_plan(batch_size):
         pb = tp.make_batch(idx)
         mask = pb.mask(scope)

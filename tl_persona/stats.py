@@ -287,13 +287,25 @@ class PerPromptTracker:
     for every latent would make memory grow with ``prompts x d_sae``. Here memory is
     ``prompts x len(latents)``. ``means()`` gives the per-prompt means (NaN for a prompt with no
     counted token).
+
+    With ``capacity`` (the number of prompts, when known) the storage is allocated once and rows are
+    written in place: no small long-lived allocation per batch, which would otherwise pin the C heap
+    between the large transient buffers of a forward pass and let the process's peak memory creep
+    up with the number of batches.
     """
 
-    def __init__(self, latents: Int[Tensor, " m"] | Sequence[int]) -> None:
+    def __init__(self, latents: Int[Tensor, " m"] | Sequence[int], capacity: int | None = None) -> None:
         self.latents = torch.as_tensor(latents, dtype=torch.long).flatten().cpu()
+        self.capacity = capacity
+        self._reset()
+
+    def _reset(self) -> None:
         self._ids: list[Tensor] = []
         self._sums: list[Tensor] = []
         self._counts: list[Tensor] = []
+        if self.capacity is not None:
+            self._buf_sums = torch.zeros(self.capacity, len(self.latents), dtype=_F64)
+            self._buf_counts = torch.full((self.capacity,), -1, dtype=torch.int64)
 
     def add(
         self,
@@ -306,12 +318,24 @@ class PerPromptTracker:
             raise ValueError(
                 f"sums must be [batch={len(prompt_ids)}, m={len(self.latents)}], got {tuple(sums.shape)}"
             )
-        self._ids.append(torch.as_tensor(prompt_ids, dtype=torch.long).cpu())
+        ids = torch.as_tensor(prompt_ids, dtype=torch.long).cpu()
+        if self.capacity is not None:
+            if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= self.capacity):
+                raise ValueError(f"prompt ids must lie in [0, {self.capacity}) for this tracker's capacity")
+            if bool((self._buf_counts[ids] >= 0).any()) or len(torch.unique(ids)) != len(ids):
+                raise ValueError("a prompt was recorded twice in a PerPromptTracker; each prompt must be added once")
+            self._buf_sums[ids] = sums.detach().to(device="cpu", dtype=_F64)
+            self._buf_counts[ids] = torch.as_tensor(counts, dtype=torch.int64).cpu()
+            return
+        self._ids.append(ids)
         self._sums.append(sums.detach().to(_F64).cpu())
         self._counts.append(torch.as_tensor(counts, dtype=torch.int64).cpu())
 
     def _cat(self) -> tuple[Tensor, Tensor, Tensor]:
         m = len(self.latents)
+        if self.capacity is not None:
+            ids = (self._buf_counts >= 0).nonzero().squeeze(1)
+            return ids, self._buf_sums[ids], self._buf_counts[ids]
         if not self._ids:
             return torch.zeros(0, dtype=torch.long), torch.zeros(0, m, dtype=_F64), torch.zeros(0, dtype=torch.int64)
         ids, sums, counts = torch.cat(self._ids), torch.cat(self._sums), torch.cat(self._counts)
@@ -384,7 +408,7 @@ class PerPromptTracker:
         packed = packed.to(dev)
         parts = [torch.zeros_like(packed) for _ in range(world)]
         dist.all_gather(parts, packed, group=group)
-        self._ids, self._sums, self._counts = [], [], []
+        self._reset()
         for p, s in zip(parts, sizes):
             p = p[: int(s)].cpu()
             self.add(p[:, 0].round().to(torch.long), p[:, 2:], p[:, 1].round().to(torch.int64))
@@ -399,7 +423,7 @@ class PerPromptTracker:
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor]) -> "PerPromptTracker":
         """Rebuild a tracker from :meth:`state_dict`."""
-        t = cls(state["latents"])
+        t = cls(state["latents"])  # list storage: the capacity is not part of the state
         if len(state["prompt_ids"]):
             t.add(state["prompt_ids"], state["sums"], state["counts"])
         return t
