@@ -80,10 +80,7 @@ def test_self_diff_is_exactly_zero(model, sae):
     assert d.n_tokens > 0 and d.d_sae == 64
     assert torch.equal(d.delta, torch.zeros(64, dtype=torch.float64))
     assert torch.equal(d.base.max, d.finetuned.max) and torch.equal(d.base.fire_count, d.finetuned.fire_count)
-    pp = d.per_prompt
-    assert torch.equal(pp.base_sums, pp.finetuned_sums)
-    ci = d.bootstrap_ci(int(pp.latents[0]), n_boot=50)
-    assert (ci.delta, ci.lo, ci.hi) == (0.0, 0.0, 0.0)
+    assert d.per_prompt.latents.numel() == 0  # nothing changed: no top latent in either direction
     assert hooks_attached(model) == []
 
 
@@ -168,7 +165,10 @@ def test_per_prompt_values_equal_single_model_collection(hooked_model):
     prompts = _prompts(20)
     d = diff_latents(hooked_model, ft, sae, prompts, scope="all", batch_size=3, per_prompt_top=4)
     pp = d.per_prompt
-    expect = sorted(set(d.rank("increase")[:4].tolist()) | set(d.rank("decrease")[:4].tolist()))
+    inc = [j for j in d.rank("increase")[:4].tolist() if d.delta[j] > 0]
+    dec = [j for j in d.rank("decrease")[:4].tolist() if d.delta[j] < 0]
+    expect = sorted(set(inc) | set(dec))
+    assert len(expect) == 8
     assert sorted(pp.latents.tolist()) == expect
     assert pp.prompt_ids.tolist() == list(range(20))
     for model, sums in ((hooked_model, pp.base_sums), (ft, pp.finetuned_sums)):
@@ -202,7 +202,7 @@ def test_second_pass_when_the_pilot_misses_a_top_latent(hooked_model, monkeypatc
     o1, o2 = torch.argsort(d.per_prompt.latents), torch.argsort(ref.per_prompt.latents)
     torch.testing.assert_close(d.per_prompt.base_sums[:, o1], ref.per_prompt.base_sums[:, o2], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(d.per_prompt.finetuned_sums[:, o1], ref.per_prompt.finetuned_sums[:, o2], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(d.delta, ref.delta, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(d.delta, ref.delta, rtol=1e-5, atol=1e-6)  # other batches: float32 rounding only
 
 
 # --------------------------------------------------------------------------- errors

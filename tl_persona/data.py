@@ -423,8 +423,9 @@ class TokenizedPrompts:
         sort: bool = True,
         seed: int | None = None,
         shard: tuple[int, int] | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
     ) -> list[np.ndarray]:
-        """Group prompt indices into batches.
+        """Group prompt indices (all, or those in ``indices``) into batches.
 
         With ``sort`` prompts of similar length share a batch (little padding), longest first, so a
         batch that does not fit in memory fails at once. ``max_tokens`` caps ``rows x longest row``
@@ -435,7 +436,8 @@ class TokenizedPrompts:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         L = self.lengths
-        order = np.argsort(-L, kind="stable") if sort else np.arange(len(L))
+        pool = np.arange(len(L)) if indices is None else np.asarray(indices, dtype=np.int64)
+        order = pool[np.argsort(-L[pool], kind="stable")] if sort else pool
         plan: list[np.ndarray] = []
         cur: list[int] = []
         longest = 0
@@ -457,6 +459,13 @@ class TokenizedPrompts:
                 raise ValueError(f"shard=(rank={rank}, world={world}) needs 0 <= rank < world")
             plan = plan[rank::world]
         return plan
+
+    def shard(self, rank: int, world: int) -> np.ndarray:
+        """The prompt indices of distributed rank ``rank`` of ``world``: every ``world``-th prompt in
+        order of length, so that the shards are disjoint, cover all prompts and cost about the same."""
+        if not 0 <= rank < world:
+            raise ValueError(f"shard(rank={rank}, world={world}) needs 0 <= rank < world")
+        return np.sort(np.argsort(-self.lengths, kind="stable")[rank::world])
 
     def make_batch(self, indices: Sequence[int] | np.ndarray) -> PromptBatch:
         """The prompts at ``indices`` as one right-padded :class:`PromptBatch` on the model's device."""

@@ -13,12 +13,12 @@ How it stays fast and small:
 * statistics stream into float64 accumulators (:class:`~tl_persona.stats.LatentStats`): memory is
   independent of the number of prompts;
 * prompts of similar length share a batch; both models run on each batch before the next;
-* with a ``torch.distributed`` process group, each rank takes a shard of the batches and the
+* with a ``torch.distributed`` process group, each rank takes a shard of the prompts and the
   accumulators are reduced exactly.
 
 Per-prompt values (for bootstrap intervals) are kept for the top ``per_prompt_top`` latents in each
-direction only. They come out of the same single pass: after a pilot of the first batches, a
-generous candidate set is tracked, and only if a final top latent fell outside it are the prompts
+direction only. They come out of the same single pass: after a pilot on a seeded random sample of
+the prompts, a generous candidate set is tracked, and only if a final top latent fell outside it are the prompts
 run a second time for the missing latents (recorded in ``meta["per_prompt_second_pass"]``).
 """
 
@@ -71,7 +71,7 @@ _CHUNK_ELEMENTS_CUDA = 2**26
 _PILOT_PROMPTS = 64  # prompts in the pilot that picks the per-prompt candidates (at least one batch)
 _PILOT_ELEMENTS = 2**24  # and at most this many per-prompt values (prompts x d_sae) per model
 _WRITE_CHUNK = 1 << 20
-_CANDIDATES = (4, 64)  # pilot candidates per direction: max(4 * per_prompt_top, per_prompt_top + 64)
+_CANDIDATES = (8, 256)  # pilot candidates per direction: max(8 * per_prompt_top, per_prompt_top + 256)
 
 
 # =========================================================================== provenance
@@ -333,7 +333,7 @@ def collect(
     tracker = (PerPromptTracker(check_latents(sae, latents_per_prompt), capacity=len(ps))
                if latents_per_prompt is not None else None)
     sinks = _Sinks(stats=stats, tracker=tracker)
-    for idx in tp.batch_plan(batch_size, max_tokens=max_tokens, shard=(rank, world)):
+    for idx in tp.batch_plan(batch_size, max_tokens=max_tokens, indices=tp.shard(rank, world)):
         pb = tp.make_batch(idx)
         _run_batch(adapter, enc, pb, pb.mask(scope), hook, sinks)
         if adapter.device.type == "cpu":
@@ -426,14 +426,18 @@ class DeltaCI:
 
 
 def _select_top(delta: Tensor, k: int) -> list[int]:
-    """Top ``k`` latents by increase and by decrease of ``delta`` (NaN last, ties by index)."""
+    """The ``k`` largest increases (delta > 0) and the ``k`` largest decreases (delta < 0), ties by
+    index. A latent that did not change is in neither tail."""
     if k <= 0:
         return []
-    d = torch.nan_to_num(delta, nan=0.0)
-    k = min(k, d.numel())
-    inc = torch.sort(d, descending=True, stable=True).indices[:k]
-    dec = torch.sort(d, descending=False, stable=True).indices[:k]
-    return sorted(set(inc.tolist()) | set(dec.tolist()))
+    d = delta.detach().cpu()
+    out: set[int] = set()
+    for sign in (1.0, -1.0):
+        v = sign * d
+        idx = (v > 0).nonzero().squeeze(1)
+        order = torch.sort(v[idx], descending=True, stable=True).indices[:k]
+        out.update(idx[order].tolist())
+    return sorted(out)
 
 
 def diff_latents(
@@ -458,8 +462,9 @@ def diff_latents(
     SAE's hook point, and only the positions of ``scope`` are encoded (``"response"``: the answer's
     tokens, needs prompt + response pairs; ``"prompt"``, ``"last_prompt"``: where the answer starts,
     ``"all"``). Per-prompt sums are kept for the top ``per_prompt_top`` latents in each direction
-    (for :meth:`LatentDiff.bootstrap_ci`); 0 skips them. ``seed`` fixes the order of the batches
-    (which decides the pilot used to pick per-prompt candidates) and is recorded with the result.
+    (for :meth:`LatentDiff.bootstrap_ci`; latents that did not change are in neither direction);
+    0 skips them. ``seed`` draws the pilot sample that picks
+    the per-prompt candidates and orders the batches; it is recorded with the result.
     ``dtype`` casts the SAE for the encode. Sharded over ranks when a process group is initialized.
     """
     check_scope(scope)
@@ -473,12 +478,14 @@ def diff_latents(
     enc = _sae_for(sae, dtype)
     D = d_sae(sae)
     rank, world = _shard(distributed)
-    plan = tp.batch_plan(batch_size, max_tokens=max_tokens, seed=seed, shard=(rank, world))
+    mine = tp.shard(rank, world)
     dev = enc.W_dec.device
     stats = [LatentStats(D, device=dev), LatentStats(D, device=dev)]
     adapters = (a0, a1)
-
     on_cpu = all(a.device.type == "cpu" for a in adapters)
+
+    def plan_of(idx: np.ndarray) -> list[np.ndarray]:
+        return tp.batch_plan(batch_size, max_tokens=max_tokens, seed=seed, indices=idx) if len(idx) else []
 
     def run(batches: Iterable[np.ndarray], sinks: Sequence[_Sinks]) -> None:
         for idx in batches:
@@ -492,31 +499,41 @@ def diff_latents(
     trackers: list[PerPromptTracker] | None = None
     second_pass = 0
     if per_prompt_top == 0:
+        plan = plan_of(mine)
         run(plan, [_Sinks(stats=s) for s in stats])
     else:
-        # 1) pilot: the first batches (the order is shuffled by `seed`), keeping every latent's
-        #    per-prompt sums (bounded: _PILOT_PROMPTS prompts, _PILOT_ELEMENTS values).
-        pilot_prompts = max(1, min(_PILOT_PROMPTS, _PILOT_ELEMENTS // D))
-        n_pilot, taken = 0, 0
-        while n_pilot < len(plan) and taken < pilot_prompts:
-            taken += len(plan[n_pilot])
-            n_pilot += 1
+        # 1) pilot: a random sample of the prompts (seeded), keeping every latent's per-prompt sums
+        #    (bounded: _PILOT_PROMPTS prompts, _PILOT_ELEMENTS values).
+        n_pilot = min(len(mine), max(1, min(_PILOT_PROMPTS, _PILOT_ELEMENTS // D)))
+        pilot_idx = np.sort(np.random.default_rng(seed).choice(mine, size=n_pilot, replace=False))
+        plan_pilot, plan_rest = plan_of(pilot_idx), plan_of(np.setdiff1d(mine, pilot_idx))
+        plan = plan_pilot + plan_rest
         pilots: list[list[tuple[Tensor, Tensor, Tensor]]] = [[], []]
-        run(plan[:n_pilot], [_Sinks(stats=s, pilot=p) for s, p in zip(stats, pilots)])
+        run(plan_pilot, [_Sinks(stats=s, pilot=p) for s, p in zip(stats, pilots)])
         # 2) candidates from the pilot's (global) delta: a generous superset of the final top.
         glob = stats
         if world > 1:
             glob = [copy.deepcopy(s).reduce_distributed() for s in stats]
         n_cand = min(D, max(_CANDIDATES[0] * per_prompt_top, per_prompt_top + _CANDIDATES[1]))
-        cands = torch.tensor(_select_top(glob[1].mean - glob[0].mean, n_cand), dtype=torch.long)
+        pilot_delta = (glob[1].mean - glob[0].mean).cpu()
         del glob
-        trackers = [PerPromptTracker(cands, capacity=len(ps)) for _ in range(2)]
+        chosen = _select_top(pilot_delta, n_cand)
+        room = min(D, 2 * n_cand) - len(chosen)
+        if room > 0:  # fill the budget: latents the pilot saw change least, or never saw fire
+            rest = torch.ones(D, dtype=torch.bool)
+            rest[chosen] = False
+            idx = rest.nonzero().squeeze(1)
+            order = torch.sort(pilot_delta[idx].abs(), descending=True, stable=True).indices[:room]
+            chosen = sorted(chosen + idx[order].tolist())
+        cands = torch.tensor(chosen, dtype=torch.long)
+        # float32 storage: the candidate set is large, and its final top is copied out in float64
+        trackers = [PerPromptTracker(cands, capacity=len(ps), dtype=torch.float32) for _ in range(2)]
         for tr, pil in zip(trackers, pilots):
             for ids, sums, counts in pil:
                 tr.add(ids, sums[:, cands].to(torch.float64), counts)
         del pilots
         # 3) the rest of the prompts, tracking only the candidates.
-        run(plan[n_pilot:], [_Sinks(stats=s, tracker=t) for s, t in zip(stats, trackers)])
+        run(plan_rest, [_Sinks(stats=s, tracker=t) for s, t in zip(stats, trackers)])
     if world > 1:
         for s in stats:
             s.reduce_distributed()
