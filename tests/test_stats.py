@@ -95,6 +95,7 @@ def test_per_prompt_tracker(capacity):
     m = t.means()
     assert m[0].tolist() == [2.0, 3.0] and torch.isnan(m[1]).all() and m[2].tolist() == [0.5, 1.0]
     assert t.column(1) == 1
+    assert t.select([1]).tolist() == [[9.0], [4.0], [2.0]] and t.select([]).shape == (3, 0)
     with pytest.raises(KeyError, match="not tracked"):
         t.column(7)
     with pytest.raises(ValueError, match="twice"):

@@ -545,9 +545,8 @@ def diff_latents(
         final = _select_top(stats[1].mean.cpu() - stats[0].mean.cpu(), per_prompt_top)
         have = set(trackers[0].latents.tolist())
         missing = [j for j in final if j not in have]
-        cols_b, cols_f = trackers[0].sums, trackers[1].sums
-        ids, counts = trackers[0].prompt_ids, trackers[0].counts
-        lat = trackers[0].latents
+        found = [j for j in final if j in have]
+        sources = [(found, trackers)]
         if missing:
             # 4) rare: a final top latent was not among the pilot's candidates -> exact second pass.
             second_pass = len(missing)
@@ -556,13 +555,14 @@ def diff_latents(
             if world > 1:
                 for t in extra:
                     t.gather_distributed()
-            lat = torch.cat([lat, extra[0].latents])
-            cols_b = torch.cat([cols_b, extra[0].sums], 1)
-            cols_f = torch.cat([cols_f, extra[1].sums], 1)
-        keep = torch.tensor([int((lat == j).nonzero()[0]) for j in final], dtype=torch.long)
+            sources.append((missing, extra))
+        lat = torch.tensor([j for js, _ in sources for j in js], dtype=torch.long)
+        base_sums = torch.cat([trs[0].select(js) for js, trs in sources], 1)
+        ft_sums = torch.cat([trs[1].select(js) for js, trs in sources], 1)
+        order = torch.argsort(lat)
         per_prompt = PerPromptValues(
-            latents=lat[keep].clone(), prompt_ids=ids.clone(), counts=counts.clone(),
-            base_sums=cols_b[:, keep].contiguous(), finetuned_sums=cols_f[:, keep].contiguous(),
+            latents=lat[order], prompt_ids=trackers[0].prompt_ids.clone(), counts=trackers[0].counts.clone(),
+            base_sums=base_sums[:, order].contiguous(), finetuned_sums=ft_sums[:, order].contiguous(),
         )
     meta = {
         "format": FORMAT,

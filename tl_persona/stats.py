@@ -374,6 +374,15 @@ class PerPromptTracker:
         c = counts.to(_F64)[:, None]
         return torch.where(c > 0, sums / c.clamp_min(1), torch.full_like(sums, float("nan")))
 
+    def select(self, latents: Sequence[int]) -> Float[Tensor, "n k"]:
+        """Sums of just these tracked ``latents`` (float64, rows follow :attr:`prompt_ids`), without
+        copying the other columns."""
+        cols = torch.tensor([self.column(j) for j in latents], dtype=torch.long)
+        if self.capacity is not None:
+            ids = (self._buf_counts >= 0).nonzero().squeeze(1)
+            return self._buf_sums[ids][:, cols].to(_F64) if len(cols) else torch.zeros(len(ids), 0, dtype=_F64)
+        return self._cat()[1][:, cols]
+
     def column(self, latent: int) -> int:
         """Column of ``latent`` in :attr:`sums` (KeyError when it is not tracked)."""
         hits = (self.latents == int(latent)).nonzero()
