@@ -1,11 +1,11 @@
 """Benchmark of tl_persona.diff.diff_latents against the two honest baselines, in one run.
 
-Setup (no downloads): a GPT-2-small-shaped HookedTransformer with random weights (12 layers,
+Setup (no downloads): a GPT-2-small-shaped HookedSAETransformer with random weights (12 layers,
 d_model 768, 12 heads, d_mlp 3072, vocabulary 50,257), a "fine-tuned" copy (small noise on every
 weight plus a shift along a few latents' encoder directions), and a 24,576-latent ReLU SAE at
-``blocks.6.hook_resid_pre`` whose biases are calibrated so that about 64 latents fire per token
-(a realistic L0; a random SAE would fire on half its latents). Prompts are random word sequences
-of 16 to 256 tokens.
+``blocks.6.hook_resid_pre`` whose biases are calibrated on sample activations for a realistic
+sparsity (L0 about 110 on the benchmark prompts; a random SAE would fire on half its latents).
+Prompts are random word sequences of 16 to 256 tokens.
 
 Measured on the same prompts, same batch size:
 
@@ -17,7 +17,7 @@ Measured on the same prompts, same batch size:
 Then the peak memory of (a) for N and 10 N prompts, each in a fresh subprocess (RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on CUDA).
 
-    python benchmarks/bench_diff.py                 # default: ~6k tokens, ~7 minutes on 2 busy cores
+    python benchmarks/bench_diff.py                 # default: ~6k tokens; 2 min on 2 quiet cores, 7 on busy ones
     python benchmarks/bench_diff.py --tokens 200000 # the full-size run
     python benchmarks/bench_diff.py --device cuda --tokens 200000
 """
