@@ -24,14 +24,12 @@ run a second time for the missing latents (recorded in ``meta["per_prompt_second
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as _dt
 import hashlib
 import json
 import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
@@ -43,6 +41,7 @@ from torch import Tensor
 
 from tl_persona.data import PromptBatch, PromptsLike, Scope, TokenizedPrompts, as_prompt_set, check_scope
 from tl_persona.models import ModelAdapter, as_adapter
+from tl_persona.report import atomic_write_bytes
 from tl_persona.saes import check_latents, d_in, d_sae, sae_hook_name
 from tl_persona.stats import LatentStats, PerPromptTracker, bootstrap_ratio_delta, dist_info, sparse_entries
 
@@ -769,7 +768,7 @@ class LatentDiff:
             for k in ("latents", "prompt_ids", "counts", "base_sums", "finetuned_sums"):
                 tensors[f"per_prompt.{k}"] = getattr(pp, k).detach().cpu().contiguous()
         data = st_save(tensors, metadata={_META_KEY: json.dumps(self.meta, sort_keys=True, default=str)})
-        _atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, chunk=_WRITE_CHUNK)
         return path
 
     @classmethod
@@ -808,20 +807,3 @@ class LatentDiff:
         return (f"LatentDiff(d_sae={self.d_sae}, n_tokens={self.n_tokens}, scope={m.get('scope')!r}, "
                 f"hook={m.get('hook_name')!r}, base={m.get('base', {}).get('name')!r}, "
                 f"finetuned={m.get('finetuned', {}).get('name')!r})")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for i in range(0, len(data), _WRITE_CHUNK):
-                fh.write(data[i : i + _WRITE_CHUNK])
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -28,7 +28,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tl_persona.models import as_adapter
-from tl_persona.saes import check_latents, d_in, decode, decoder_directions, encode, sae_hook_name
+from tl_persona.saes import check_latents, d_in, decode, encode, latent_direction, sae_hook_name
 
 __all__ = [
     "Positions",
@@ -411,12 +411,7 @@ def steer_latent(
     unit decoder directions, rescaled to unit norm. ``scale`` as in :func:`steer` (pass a latent's
     typical max activation as a number to express alpha in units of it).
     """
-    rows = decoder_directions(sae, latents).float()
-    if rows.shape[0] == 1:
-        direction = rows[0]
-    else:
-        s = (rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)).sum(0)
-        direction = s / s.norm().clamp_min(1e-12)
+    direction = latent_direction(sae, latents)
     return steer(sae_hook_name(sae, hook_name), direction, alpha, scale=scale, positions=positions)
 
 

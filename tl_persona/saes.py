@@ -24,6 +24,7 @@ __all__ = [
     "sae_hook_name",
     "check_sae",
     "decoder_directions",
+    "latent_direction",
     "encode",
     "decode",
     "reconstruction_quality",
@@ -82,6 +83,16 @@ def decoder_directions(sae: Any, latents: int | Sequence[int] | Tensor) -> Float
     """Rows of ``W_dec`` for the given latents (a single index gives a ``[1, d_in]`` tensor)."""
     idx = check_latents(sae, latents)
     return sae.W_dec.detach()[idx]
+
+
+def latent_direction(sae: Any, latents: int | Sequence[int] | Tensor) -> Float[Tensor, " d_in"]:
+    """The direction to steer along for latents: one latent's ``W_dec`` row as stored; for several,
+    the sum of their unit decoder rows rescaled to unit norm."""
+    rows = decoder_directions(sae, latents).float()
+    if rows.shape[0] == 1:
+        return rows[0]
+    s = (rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)).sum(0)
+    return s / s.norm().clamp_min(1e-12)
 
 
 def check_latents(sae: Any, latents: int | Sequence[int] | Tensor) -> Int[Tensor, " n"]:

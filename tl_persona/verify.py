@@ -34,7 +34,7 @@ from tl_persona.evals.generate import sample, to_judge_items
 from tl_persona.evals.judges import Judge, Judgement
 from tl_persona.evals.metrics import Rate, incoherence_rate, label_rates, misaligned_rate
 from tl_persona.models import Message, as_adapter
-from tl_persona.saes import check_sae, decoder_directions, sae_hook_name
+from tl_persona.saes import check_sae, latent_direction
 
 __all__ = ["Candidate", "Setting", "SettingResult", "Verification", "evaluate", "verify_latents"]
 
@@ -68,11 +68,7 @@ class Candidate:
         """The steering direction: the decoder row, the normalised sum of rows, or the given vector."""
         if self.direction is not None:
             return self.direction
-        rows = decoder_directions(sae, list(self.latents)).float()
-        if rows.shape[0] == 1:
-            return rows[0]
-        s = (rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)).sum(0)
-        return s / s.norm().clamp_min(1e-12)
+        return latent_direction(sae, list(self.latents))
 
 
 @dataclass(frozen=True)
