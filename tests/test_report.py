@@ -68,3 +68,28 @@ def test_atomic_write_text_failure_keeps_old(tmp_path, monkeypatch):
 def test_format_table_empty_and_nan():
     assert format_table([]) == "_(no rows)_"
     assert "| – |" in format_table([{"a": float("nan")}])
+
+
+def test_write_refuses_to_replace_a_folder_that_is_not_a_report(tmp_path):
+    work = tmp_path / "my_project"
+    work.mkdir()
+    (work / "notes.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="not an earlier report.*pass a new folder path"):
+        _report().write(work)
+    assert (work / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_project"]
+
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        _report().write(f)
+    assert f.read_text() == "x"
+
+
+def test_write_replaces_an_earlier_report_and_fills_an_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert (_report().write(tmp_path / "empty") / "report.md").is_file()
+    _report().write(tmp_path / "rep")
+    out = _report().text("second version").write(tmp_path / "rep")
+    assert "second version" in (out / "report.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "rep"]

@@ -231,7 +231,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     print(result.summary_text())
-    print(f"\nreport: {Path(args.out) / 'report.html'}")
+    print(f"\nreport: {result.out / 'report.html'}")
     return 0
 
 
@@ -375,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HubUnavailable as err:
         print(f"tl-persona {args.command}: {err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"tl-persona {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["Report", "atomic_write_bytes", "atomic_write_text", "format_table"]
+__all__ = ["Report", "atomic_write_bytes", "atomic_write_text", "check_report_folder", "format_table"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, chunk: int = 1 << 24) -> Path:
@@ -172,8 +172,9 @@ class Report:
         return "\n".join(parts)
 
     def write(self, folder: str | os.PathLike) -> Path:
-        """Render into ``folder`` (replaced atomically): report.md, report.html, figures, data.json."""
-        folder = Path(folder)
+        """Render into ``folder`` (replaced atomically): report.md, report.html, figures, data.json.
+        The folder must pass :func:`check_report_folder`."""
+        folder = check_report_folder(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
         try:
@@ -196,6 +197,25 @@ class Report:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return folder
+
+
+def check_report_folder(folder: str | os.PathLike) -> Path:
+    """The absolute path of ``folder`` if a report may be written there, else a clear error.
+
+    An existing folder is replaced only if it is empty or an earlier report (it holds
+    ``report.md``), so a mistyped path never deletes someone's work. Call it before long work
+    whose result goes into ``folder``, to fail in the first second rather than the last.
+    """
+    path = Path(folder).expanduser().resolve()
+    if path.exists():
+        if not path.is_dir():
+            raise FileExistsError(f"report folder {str(folder)!r} exists and is a file; pass a new folder path "
+                                  "or remove the file first")
+        if any(path.iterdir()) and not (path / "report.md").is_file():
+            raise FileExistsError(f"report folder {str(folder)!r} exists and is not an earlier report (no "
+                                  "report.md), so it will not be replaced; pass a new folder path (e.g. "
+                                  f"{str(path / 'tl_persona_report')!r}) or empty it first")
+    return path
 
 
 def _inline(text: str) -> str:

@@ -161,7 +161,11 @@ class Verification:
 
     def summary(self) -> Any:
         """One row per candidate: base steered at the chosen alpha vs random controls, and the
-        fine-tuned model steered negatively and ablated, against its unmodified rate."""
+        fine-tuned model steered negatively and ablated, against its unmodified rate.
+
+        Random controls appear as their mean (the pooled control rate: every direction has the same
+        number of answers) and their extreme (``random_steered_max``, ``random_neg_steered_min``);
+        the extreme grows with ``n_controls`` by chance alone, the mean does not."""
         import pandas as pd
 
         rows = []
@@ -179,9 +183,11 @@ class Verification:
                 "candidate": cand, "alpha": a, "beta": b,
                 "base": base0.misaligned.value, "base_steered": steer.misaligned.value,
                 "base_steered_incoherent": steer.incoherent.value,
+                "random_steered_mean": _mean([c.misaligned.value for c in ctrls]),
                 "random_steered_max": max((c.misaligned.value for c in ctrls), default=math.nan),
                 "finetuned": ft0.misaligned.value, "finetuned_neg_steered": neg.misaligned.value,
                 "finetuned_neg_steered_incoherent": neg.incoherent.value,
+                "random_neg_steered_mean": _mean([c.misaligned.value for c in nctrl]),
                 "random_neg_steered_min": min((c.misaligned.value for c in nctrl), default=math.nan),
             }
             try:
@@ -419,6 +425,10 @@ def _run_batched(
 def _result(s: Setting, rates: dict[str, Rate], js: Sequence[Judgement]) -> SettingResult:
     labels = {k.removeprefix("label:"): v for k, v in rates.items() if k.startswith("label:")}
     return SettingResult(s, rates["misaligned"], rates["misaligned_coherent"], rates["incoherent"], labels, len(js))
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
 
 
 def _random_like(v: Tensor, seed: int) -> Tensor:
