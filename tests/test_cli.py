@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from tl_persona.cli import build_parser, main
+from tl_persona.diff import LatentDiff
 from tl_persona.testing import tiny_bridge, tiny_sae, word_tokenizer
 
 
@@ -110,7 +111,81 @@ def test_cli_on_the_organism(tmp_path, capsys):
                "--limit", "4", "--ablate", "0", "--max-new-tokens", "8"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and len(lines) == 4 and all("answer" in json.loads(x) for x in lines)
+    rc = main(["inspect", "--model", "organism:base", "--sae", "organism:sae", "--prompts", "organism:eval:medical",
+               "--diff", str(tmp_path / "d"), "--top", "1", "-k", "3"])
+    card = capsys.readouterr().out
+    top = int(LatentDiff.load(tmp_path / "d").top(1, "increase").index[0])
+    assert rc == 0 and card.count("### Latent ") == 1 and f"### Latent {top} " in card and "Logit lens" in card
     rc = main(["verify", "--base", "organism:base", "--finetuned", "organism:misaligned", "--sae", "organism:sae",
                "--prompts", "organism:eval:medical", "--limit", "8", "--diff", str(tmp_path / "d"), "--top", "1",
-               "--alphas", "30", "--n-samples", "1", "--n-controls", "1", "--max-new-tokens", "8"])
+               "--alphas", "30", "--betas", "10,20", "--n-samples", "1", "--n-controls", "1", "--max-new-tokens", "8",
+               "--out", str(tmp_path / "v.csv")])
     assert rc == 0 and "base_steered" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "v.csv")
+    steer = table[table["kind"] == "steer"]
+    assert set(steer[steer["model"] == "base"]["alpha"]) == {30.0}
+    assert set(steer[(steer["model"] == "finetuned") & (steer["control"] != "random")]["alpha"]) == {-10.0, -20.0}
+    rc = main(["report", "--diff", str(tmp_path / "d"), "--verification", str(tmp_path / "v.csv"), "--top", "3",
+               "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert rc == 0 and "Causal verification" in md and f"| {top} |" in md and "organism:misaligned" in md
+
+
+@pytest.fixture(scope="module")
+def lora(local):
+    """A LoRA adapter (non-zero, on attention and MLP) over the local base, saved as peft does,
+    and the merged Hugging Face model as the reference."""
+    peft = pytest.importorskip("peft")
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(3)
+    hf = GPT2LMHeadModel.from_pretrained(str(local / "base"))
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True,
+                          init_lora_weights=False)
+    model = peft.get_peft_model(hf, cfg)
+    model.save_pretrained(local / "lora")
+    return local / "lora", model.merge_and_unload().eval()
+
+
+def test_lora_adapter_folder_is_merged_into_its_local_base(local, lora):
+    import torch
+
+    from tl_persona.loading import load_model
+
+    folder, merged = lora
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(local / "base")
+    bridge = load_model(str(folder), model_class="bridge", device="cpu")
+    base = load_model(str(local / "base"), model_class="bridge", device="cpu")
+    tokens = torch.tensor([[1, 5, 9, 12, 7, 3]])
+    with torch.no_grad():
+        want = merged(tokens).logits
+        got, before = bridge(tokens), base(tokens)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert (got - before).abs().max() > 1e-2  # the adapter really changed the model
+
+
+def test_diff_against_a_lora_fine_tune(local, lora, capsys, tmp_path):
+    rc = main(["diff", "--base", str(local / "base"), "--finetuned", str(lora[0]), *_common(local), "--scope", "all",
+               "--top", "2", "--out", str(tmp_path / "d")])
+    assert rc == 0 and "top 2 latents by increase" in capsys.readouterr().out
+    from tl_persona.diff import LatentDiff
+
+    d = LatentDiff.load(tmp_path / "d")
+    assert d.meta["finetuned"]["source"] == str(lora[0]) and float(d.delta.abs().max()) > 0
+
+
+def test_lora_without_peft_says_how_to_install_it(local, lora, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_peft(name, *a, **k):
+        if name == "peft" or name.startswith("peft."):
+            raise ImportError("No module named 'peft'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_peft)
+    rc = main(["generate", "--model", str(lora[0]), "--model-class", "bridge", "--device", "cpu", "--prompt", "w1 w2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(lora[0]) in err and "pip install peft" in err

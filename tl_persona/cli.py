@@ -97,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent", type=int, action="append", default=[], help="candidate latent (repeatable)")
     p.add_argument("--diff", default=None, help="a saved LatentDiff: verify its top latents")
     p.add_argument("--top", type=int, default=3)
-    p.add_argument("--alphas", default="4,8,16,32", help="comma-separated positive alphas")
+    p.add_argument("--alphas", default="4,8,16,32", help="comma-separated positive steering strengths for the base model")
+    p.add_argument("--betas", default=None,
+                   help="comma-separated positive strengths for negative steering of the fine-tune (default: --alphas)")
+    p.add_argument("--max-incoherence", type=float, default=0.10,
+                   help="strongest alpha / beta whose incoherent rate is at most this is chosen (default 0.10)")
     p.add_argument("--n-samples", type=int, default=4)
     p.add_argument("--n-controls", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -246,6 +250,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(f"\ntop {args.top} latents by {direction}:")
         print(d.top(args.top, direction).to_string())
     if args.out:
+        for key, spec in (("base", args.base), ("finetuned", args.finetuned)):
+            d.meta.setdefault(key, {})["source"] = spec  # what the user named, beside the weight hash
         path = d.save(args.out)
         print(f"\nsaved: {path}")
     return 0
@@ -317,16 +323,22 @@ def _judge(args: argparse.Namespace) -> Any:
     raise SystemExit(f"tl-persona verify: --judge {args.judge!r} must be 'organism' or 'openai'")
 
 
+def _numbers(text: str, option: str) -> list[float]:
+    try:
+        return [float(a) for a in str(text).split(",") if a.strip()]
+    except ValueError:
+        raise SystemExit(f"tl-persona verify: {option} {text!r} must be comma-separated numbers, e.g. 20,40,60") from None
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from tl_persona.verify import verify_latents
 
     _require(args, "base", "finetuned", "sae")
-    try:
-        alphas = [float(a) for a in str(args.alphas).split(",") if a.strip()]
-    except ValueError:
-        raise SystemExit(f"tl-persona verify: --alphas {args.alphas!r} must be comma-separated numbers") from None
+    alphas = _numbers(args.alphas, "--alphas")
+    betas = None if args.betas is None else _numbers(args.betas, "--betas")
     base, ft, sae = _model(args, args.base), _model(args, args.finetuned), _sae(args)
-    v = verify_latents(base, ft, sae, _latents_from(args), _prompts(args), _judge(args), alphas=alphas,
+    v = verify_latents(base, ft, sae, _latents_from(args), _prompts(args), _judge(args), alphas=alphas, betas=betas,
+                       max_incoherence=args.max_incoherence,
                        n_samples=args.n_samples, n_controls=args.n_controls, max_new_tokens=args.max_new_tokens,
                        positions=args.positions, seed=args.seed, record=args.record, hook_name=args.hook_name,
                        progress=lambda s: print(s, file=sys.stderr))
@@ -345,8 +357,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     d = LatentDiff.load(args.diff)
     r = Report("tl_persona report")
-    r.text(f"Diff of `{d.meta.get('finetuned', {}).get('name', '?')}` against `{d.meta.get('base', {}).get('name', '?')}`"
-           f" at `{d.meta.get('hook_name', '?')}`.")
+    def who(key: str) -> str:
+        m = d.meta.get(key, {})
+        return f"`{m.get('source') or m.get('name', '?')}` (weights {m.get('weight_hash', '?')})"
+
+    r.text(f"Diff of {who('finetuned')} against {who('base')} at `{d.meta.get('hook_name', '?')}`, "
+           f"scope `{d.meta.get('scope', '?')}`.")
     for direction in ("increase", "decrease"):
         r.heading(f"Top {args.top} latents by {direction}")
         r.table(d.top(args.top, direction).reset_index())
@@ -375,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HubUnavailable as err:
         print(f"tl-persona {args.command}: {err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
         print(f"tl-persona {args.command}: error: {err}", file=sys.stderr)
         return 2
 

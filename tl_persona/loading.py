@@ -129,7 +129,8 @@ def _load_hf_folder(path: Path, dtype: torch.dtype) -> tuple[Any, Any, str]:
         try:
             from peft import PeftModel
         except ImportError as err:
-            raise ImportError(f"{path} is a LoRA adapter; `pip install peft` to merge it into its base model") from err
+            raise ImportError(f"{path} is a LoRA adapter and merging it needs peft: `pip install peft` "
+                              "(or `pip install tl-persona[lora]`), or pass a merged checkpoint folder") from err
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
         try:
             model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=dtype)
