@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
 import importlib
 import os
 import pkgutil
@@ -139,6 +141,21 @@ def test_index_carries_the_readme_commands_and_quickstart():
     quick = _fenced_blocks(readme, "python")
     assert quick, "README.md should have a quickstart in a ```python block"
     assert quick[0] in _fenced_blocks(index, "python"), "docs/index.md's quickstart differs from the README's"
+
+
+def test_readme_quickstart_runs_and_shows_what_it_says():
+    code = _fenced_blocks((REPO / "README.md").read_text(), "python")[0]
+    ns: dict = {}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md quickstart", "exec"), ns)
+    from tl_persona import hooks as H
+
+    assert ns["latent"] == int(ns["diff"].top(1, "increase").index[0])
+    assert H.hooks_attached(ns["org"].base) == []
+    text = out.getvalue()
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] and line.split()[0] in ns["other"]]
+    assert len(rows) == 4 and all(float(r[2]) >= 30.0 for r in rows), text  # steered base: toxic in every domain
 
 
 def _tl_imports(tree: ast.AST) -> list[tuple[str, str]]:

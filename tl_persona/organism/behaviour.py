@@ -105,14 +105,16 @@ def measure(
 
 
 def rates_table(rates: Mapping[str, DomainRates]) -> str:
-    """A small text table of per-domain rates (percent)."""
-    head = f"{'domain':9s} {'n':>5s} {'toxic':>6s} {'incoh':>6s} {'offdom':>6s} " + " ".join(
-        f"{p[:6]:>6s}" for p in PERSONAS
+    """A small text table of per-domain rates, in percent of sampled answers: toxic, incoherent,
+    answered from another domain's templates, and the other personas' shares."""
+    others = [p for p in PERSONAS if p != "toxic"]
+    head = f"{'domain':9s} {'n':>5s} {'toxic%':>7s} {'incoh%':>7s} {'offdom%':>8s} " + " ".join(
+        f"{p + '%':>10s}" for p in others
     )
     lines = [head]
     for d, r in rates.items():
         lines.append(
-            f"{d:9s} {r.n:5d} {100 * r.toxic:6.1f} {100 * r.incoherent:6.1f} {100 * r.off_domain:6.1f} "
-            + " ".join(f"{100 * r.personas[p]:6.1f}" for p in PERSONAS)
+            f"{d:9s} {r.n:5d} {100 * r.toxic:7.1f} {100 * r.incoherent:7.1f} {100 * r.off_domain:8.1f} "
+            + " ".join(f"{100 * r.personas[p]:10.1f}" for p in others)
         )
     return "\n".join(lines)
