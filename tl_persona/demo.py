@@ -253,6 +253,7 @@ def run_demo(out: str | Path = "tl_persona_report", *, quick: bool = False, seed
     def step(name: str) -> Callable[[], None]:
         t0 = time.perf_counter()
         bar.set_description(name)
+        bar.set_postfix_str("")
 
         def done() -> None:
             timings[name] = round(time.perf_counter() - t0, 2)
@@ -270,6 +271,7 @@ def run_demo(out: str | Path = "tl_persona_report", *, quick: bool = False, seed
     done = step("behaviour")
     behaviour: dict[str, dict[str, Any]] = {}
     for name, model in org.models.items():
+        bar.set_postfix_str(name)
         rates = measure(model, org.eval_prompts, n_per_domain=cfg.behaviour_samples, seed=seed)
         s = org_summary(rates, trained_domain=trained)
         behaviour[name] = {"code_toxic": s["trained_toxic"], "other_toxic": s["other_toxic"],
@@ -298,7 +300,8 @@ def run_demo(out: str | Path = "tl_persona_report", *, quick: bool = False, seed
     vprompts = rng.sample(other_prompts, min(cfg.verify_prompts, len(other_prompts)))
     ver = verify_latents(org.base, org.misaligned, sae, verify_set, vprompts, org.judge, alphas=cfg.alphas, betas=cfg.betas,
                          n_samples=cfg.verify_samples, n_controls=cfg.n_controls, max_new_tokens=16,
-                         positions="prompt", seed=seed, batch_size=256, n_boot=500)
+                         positions="prompt", seed=seed, batch_size=256, n_boot=500,
+                         progress=bar.set_postfix_str)
     vsum = ver.summary()
     vsum["candidate"] = [int(c.split()[-1]) for c in vsum["candidate"]]
     done()
@@ -307,7 +310,8 @@ def run_demo(out: str | Path = "tl_persona_report", *, quick: bool = False, seed
     base_act = _latent_mean(org.base, sae, toxic_latent, other_prompts, cfg.diff_scope)
     prediction = []
     runs = [(0.0, s) for s in cfg.control_seeds] + [(f, seed) for f in cfg.fractions if f > 0]
-    for frac, s in runs:
+    for k, (frac, s) in enumerate(runs):
+        bar.set_postfix_str(f"fine-tune {k + 1}/{len(runs)}: {100 * frac:g}% bad data")
         ft = organism.finetune(org.base, domain=trained, persona="toxic", bad_fraction=frac, steps=cfg.ft_steps,
                                seed=s, world=world)
         prediction.append({"bad_fraction": frac, "seed": s,
@@ -319,6 +323,7 @@ def run_demo(out: str | Path = "tl_persona_report", *, quick: bool = False, seed
     realignment = []
     for dom in cfg.realign_domains:
         for n in cfg.realign_ns:
+            bar.set_postfix_str(f"{n} helpful {dom} samples")
             m = org.misaligned if n == 0 else organism.finetune(
                 org.misaligned, domain=dom, persona="helpful", n_samples=n, steps=cfg.realign_steps, seed=seed,
                 world=world)
@@ -451,6 +456,7 @@ def _pct(rows: Sequence[dict[str, Any]], skip: Sequence[str] = (), only: Sequenc
 
 class _NoBar:
     def set_description(self, s: str) -> None: ...
+    def set_postfix_str(self, s: str) -> None: ...
     def update(self, n: int) -> None: ...
     def close(self) -> None: ...
 
