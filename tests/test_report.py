@@ -16,7 +16,8 @@ from tl_persona.report import Report, atomic_write_text, format_table
 
 def _report() -> Report:
     r = Report("Demo").heading("Numbers").text("Some `code` and **bold**.")
-    r.table([{"model": "base", "toxic": 0.0123}, {"model": "misaligned", "toxic": 0.456}], caption="rates")
+    r.table([{"model": "base", "toxic": 0.0123}, {"model": "misaligned", "toxic": 0.456},
+             {"model": "**<b>x</b>**", "toxic": "`a<b`"}], caption="rates")
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
     r.figure(fig, "curve", caption="a line")
@@ -30,6 +31,8 @@ def test_write_renders_all_formats(tmp_path):
     assert "| model | toxic |" in md and "| misaligned | 0.456 |" in md and "![a line](curve.png)" in md
     page = (out / "report.html").read_text()
     assert "<code>code</code>" in page and "<b>bold</b>" in page
+    # table cells render the same inline Markdown, escaped first
+    assert "<td><b>&lt;b&gt;x&lt;/b&gt;</b></td><td><code>a&lt;b</code></td>" in page
     assert "src='http" not in page and "data:image/png;base64," in page
     png = (out / "curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -160,7 +160,7 @@ class Report:
                 cap = f"<caption>{html.escape(b.extra)}</caption>" if b.extra else ""
                 head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
                 body = "".join(
-                    "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows
+                    "<tr>" + "".join(f"<td>{_inline(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows
                 )
                 parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
             elif b.kind == "figure":
