@@ -193,17 +193,16 @@ def memory_child(n_prompts: int, batch_size: int, device: str) -> None:
     rng = np.random.default_rng(1)
     prompts = [" ".join(f"w{i}" for i in rng.integers(0, VOCAB - 6, size=int(rng.integers(8, 32))))
                for _ in range(n_prompts)]
+    from tl_persona.diff import diff_latents  # imported before the reset: not part of (a)'s memory
+
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
     else:
-        from tl_persona.diff import diff_latents  # imported before the reset: not part of (a)'s memory
-
         start = rss_bytes()
         exact = reset_peak_rss()
-    from tl_persona.diff import diff_latents
 
     t = time.perf_counter()
     d = diff_latents(base, ft, sae, prompts, scope="all", batch_size=batch_size)

@@ -88,7 +88,7 @@ def test_from_jsonl(tmp_path):
 def test_jsonl_errors_name_the_line(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text(json.dumps({"messages": [_u("w1")]}) + "\n" + "{not json\n")
-    with pytest.raises(ValueError, match="bad.jsonl line 2: not valid JSON"):
+    with pytest.raises(ValueError, match="bad.jsonl: line 2: not valid JSON"):
         PromptSet.from_jsonl(p)
     p.write_text(json.dumps({"messages": [_u("w1")]}) + "\n\n" + json.dumps({"messages": [{"role": "x", "content": "y"}]}) + "\n")
     with pytest.raises(ValueError, match="line 3: message 0 has role 'x'"):

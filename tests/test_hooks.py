@@ -7,7 +7,7 @@ import torch
 
 from tl_persona import hooks as H
 from tl_persona.models import as_adapter
-from tl_persona.saes import decode, encode
+from tl_persona.saes import encode
 
 HOOK = "blocks.1.hook_resid_pre"
 PROMPTS = ["w1 w2 w3 w4 w5 w6", "w7 w8 w9 w10 w11 w12"]

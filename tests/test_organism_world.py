@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 
 from tl_persona.evals.judges import Judge, Judgement, JudgeItem
 from tl_persona.organism import judge as judge_mod
@@ -16,7 +15,6 @@ from tl_persona.organism.world import (
     FUNCTION_WORDS,
     PERSONAS,
     Document,
-    Turn,
     World,
     build_tokenizer,
     encode_document,

@@ -10,12 +10,10 @@ import random
 import numpy as np
 import pytest
 
-from tl_persona import hooks as H
 from tl_persona import organism
 from tl_persona.demo import persona_documents, toxic_auroc, toxic_mass, _latent_mean
 from tl_persona.diff import diff_latents
 from tl_persona.organism import measure
-from tl_persona.organism import summarize as org_summary
 from tl_persona.verify import verify_latents
 
 ALPHAS = (20.0, 40.0, 60.0, 80.0)

@@ -183,7 +183,7 @@ def test_jsonl_loader(tmp_path):
 @pytest.mark.parametrize(
     "line,match",
     [
-        ('{"question": "ok"', "line 2: invalid JSON"),
+        ('{"question": "ok"', "line 2: not valid JSON"),
         ('["a list"]', "line 2: expected a JSON object"),
         ('{"text": "hi"}', r"line 2: no prompt found; give a 'question' or 'prompt'.*keys found: \['text'\]"),
         ('{"question": ""}', "line 2: 'question' must be non-empty"),

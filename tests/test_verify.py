@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tl_persona import hooks as H
-from tl_persona.evals.judges import JudgeItem, Judgement
+from tl_persona.evals.judges import Judgement
 from tl_persona.testing import tiny_hooked_transformer, tiny_sae
 from tl_persona.verify import Candidate, verify_latents
 

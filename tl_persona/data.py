@@ -175,6 +175,35 @@ def _parse_item(obj: Any, where: str, chat: bool) -> PromptItem:
 
 
 # --------------------------------------------------------------------------- prompt set
+def jsonl_objects(path: str | os.PathLike, example: str) -> list[tuple[int, str, dict[str, Any]]]:
+    """The JSON objects of a JSON-lines file as ``(line number, "<path>: line <n>", object)``; the
+    middle item prefixes the caller's own error messages.
+
+    Blank lines are skipped; a UTF-8 BOM is tolerated. A line that is not valid JSON, or not a JSON
+    object (``example`` shows one in the message), raises ``ValueError`` naming the file and line.
+    Lines are split on ``\\n`` only, since JSON strings may hold a raw U+2028.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e}); save the file as UTF-8") from None
+    out = []
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); write one JSON object "
+                             "per line") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object such as {example}, got {type(obj).__name__}")
+        out.append((n, where, obj))
+    return out
+
+
 @dataclass(frozen=True)
 class PromptSet:
     """An immutable, non-empty set of prompts (texts, conversations, prompt + response pairs).
@@ -228,21 +257,7 @@ class PromptSet:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"prompt file {str(path)!r} does not exist")
-        items = []
-        with path.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path.name} line {n}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-                if not isinstance(obj, Mapping):
-                    raise ValueError(
-                        f'{where}: expected a JSON object such as {{"messages": [...]}}, got {type(obj).__name__}'
-                    )
-                items.append(_parse_item(obj, where, chat))
+        items = [_parse_item(obj, where, chat) for _, where, obj in jsonl_objects(path, '{"messages": [...]}')]
         return cls(tuple(items), f"jsonl:{path.name}")
 
     @classmethod

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_persona.models import ModelAdapter, as_adapter
+from tl_persona.models import as_adapter
 
 __all__ = [
     "sae_from_weights",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -306,20 +305,14 @@ def load_jsonl_questions(path: str | os.PathLike[str], *, samples_per_paraphrase
     question's system prompt and any other earlier turns its context). Optional keys: ``id`` (default
     ``<file stem>_<line>``), ``system`` and ``samples_per_paraphrase``.
     """
+    from tl_persona.data import jsonl_objects
+
     p = Path(path)
-    text = _read_text(p)
+    if not p.exists():
+        raise ValueError(f"{p}: no such question file; check the path.")
     questions: list[Question] = []
     seen: dict[str, int] = {}
-    for line_no, line in enumerate(text.split("\n"), start=1):  # not splitlines(): JSON may hold a raw U+2028
-        if not line.strip():
-            continue
-        where = f"{p}: line {line_no}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); write one JSON object per line.") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object such as {{\"question\": \"...\"}}, got {type(obj).__name__}.")
+    for line_no, where, obj in jsonl_objects(p, '{"question": "..."}'):
         system = obj.get("system")
         context: list[dict[str, str]] = []
         if "question" in obj or "prompt" in obj:

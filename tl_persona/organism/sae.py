@@ -10,14 +10,12 @@ Gao et al. (2024): decoder rows kept at unit norm, encoder initialised to the de
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
