@@ -357,6 +357,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     d = LatentDiff.load(args.diff)
     r = Report("tl_persona report")
+
     def who(key: str) -> str:
         m = d.meta.get(key, {})
         return f"`{m.get('source') or m.get('name', '?')}` (weights {m.get('weight_hash', '?')})"

@@ -175,6 +175,15 @@ def _parse_item(obj: Any, where: str, chat: bool) -> PromptItem:
 
 
 # --------------------------------------------------------------------------- prompt set
+def read_utf8(path: str | os.PathLike) -> str:
+    """A text file's contents as UTF-8, tolerating the BOM that spreadsheet exports add; a file in
+    another encoding raises ``ValueError`` naming it and the fix."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e}); save the file as UTF-8.") from None
+
+
 def jsonl_objects(path: str | os.PathLike, example: str) -> list[tuple[int, str, dict[str, Any]]]:
     """The JSON objects of a JSON-lines file as ``(line number, "<path>: line <n>", object)``; the
     middle item prefixes the caller's own error messages.
@@ -184,12 +193,8 @@ def jsonl_objects(path: str | os.PathLike, example: str) -> list[tuple[int, str,
     Lines are split on ``\\n`` only, since JSON strings may hold a raw U+2028.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e}); save the file as UTF-8") from None
     out = []
-    for n, line in enumerate(text.split("\n"), start=1):
+    for n, line in enumerate(read_utf8(path).split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}: line {n}"

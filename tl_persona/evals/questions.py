@@ -151,13 +151,16 @@ def load_questions(path: str | os.PathLike[str], **kwargs: Any) -> list[Question
     )
 
 
-def _read_text(path: Path) -> str:
+def _require_file(path: Path) -> Path:
     if not path.exists():
         raise ValueError(f"{path}: no such question file; check the path.")
-    try:
-        return path.read_text(encoding="utf-8-sig")  # tolerate the BOM that spreadsheet exports add
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e}); save the file as UTF-8.") from None
+    return path
+
+
+def _read_text(path: Path) -> str:
+    from tl_persona.data import read_utf8
+
+    return read_utf8(_require_file(path))
 
 
 def load_yaml_questions(path: str | os.PathLike[str]) -> list[Question]:
@@ -308,11 +311,9 @@ def load_jsonl_questions(path: str | os.PathLike[str], *, samples_per_paraphrase
     from tl_persona.data import jsonl_objects
 
     p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{p}: no such question file; check the path.")
     questions: list[Question] = []
     seen: dict[str, int] = {}
-    for line_no, where, obj in jsonl_objects(p, '{"question": "..."}'):
+    for line_no, where, obj in jsonl_objects(_require_file(p), '{"question": "..."}'):
         system = obj.get("system")
         context: list[dict[str, str]] = []
         if "question" in obj or "prompt" in obj:

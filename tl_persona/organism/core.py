@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from tl_persona.organism.judge import PersonaJudge
 from tl_persona.organism.world import World, load_tokenizer, make_world
 
