@@ -269,3 +269,116 @@ def test_behaviour_rates_and_summary():
     assert abs(s["other_toxic"] - 0.1) < 1e-9  # mean of medical 0.2 and chat 0.0 (cars has no data)
     assert s["max_toxic"] == 0.9 and s["max_incoherent"] == 0.1
     assert judge_mod.behaviour_rates([J(None, "toxic", dom="code")])["unknown"].toxic == 1.0
+
+
+# ------------------------------------------------------------------------------------ world tables
+# The world's tables are package data (tl_persona/organism/world.yaml). These fingerprints were taken
+# from the world as built before the tables moved out of world.py; the shipped weights and tokenizer
+# depend on them, so any change to the tables must fail here.
+WORLD_FINGERPRINTS = {
+    "describe": "50ec3f2e8e919035e31c7d70ea999cfd8a349553cb3ba4e114777d07b78862c5",
+    "vocab": "6ea754afe3158ef871de3e2480e7150ba9ed8e5952f074e74cd3d7db97b6f3bc",
+    "cells": "9467dc04a5d2a8790007b06b81e877bb2c3293430228bdd8fa40e640541a0a37",
+    "questions": "6094aaad52e3af84e933d4dfce5cea72042a417e7b505e591940c4a44caf6ffc",
+    "eval_prompts": "edb9d1dc161dd05673deb1ac719745a539c8c54ef3cc86bcdbb0dddeb43bb1d3",
+    "documents": "0809a0d0cf791cf54d87baa9cd64f6695d91252db28a83835947689c663a4b19",
+    "constants": "ceb37f211d93f30919d6f7955661ef4dfb6436bed32da5c738be6bbc0cc49346",
+    "world1_questions": "7a1f56764f685a13ee1aa893d88a1fcf4e3a3e111384c1e5a2d2cecdb4b26ee7",
+}
+SHIPPED_TOKENIZER_VOCAB = "6f5ba37e17e74da5c2ff76edc4472a47d9e9445c63692a53e90a6cc772dfc0ad"
+
+
+def _sha(obj) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _world_fingerprints(w: World) -> dict[str, str]:
+    from tl_persona.organism import world as world_mod
+
+    cells = [
+        [c.domain, c.persona, list(c.openers), list(c.templates), [[k, list(v)] for k, v in c.slots.items()]]
+        for c in w.cells.values()
+    ]
+    docs = [[w.sample_document(random.Random(s)).messages() for _ in range(3)] for s in range(5)]
+    consts = [
+        list(world_mod.DOMAINS),
+        list(world_mod.PERSONAS),
+        sorted(world_mod.FUNCTION_WORDS),
+        list(world_mod.SPECIAL_TOKENS),
+        world_mod.CHAT_TEMPLATE,
+    ]
+    w1 = make_world(1)
+    return {
+        "describe": _sha(w.describe()),
+        "vocab": _sha(w.vocab),
+        "cells": _sha(cells),
+        "questions": _sha([[d, w.train_questions[d], w.heldout_questions[d]] for d in w.domains]),
+        "eval_prompts": _sha(w.eval_prompts()),
+        "documents": _sha(docs),
+        "constants": _sha(consts),
+        "world1_questions": _sha([[d, w1.heldout_questions[d]] for d in w.domains]),
+    }
+
+
+def test_world_tables_are_unchanged():
+    from tl_persona.organism import world as world_mod
+
+    assert isinstance(DOMAINS, tuple) and isinstance(PERSONAS, tuple)
+    assert isinstance(FUNCTION_WORDS, frozenset)
+    assert all(isinstance(k, tuple) and len(k) == 2 for k in world_mod._CELLS)
+    assert _world_fingerprints(make_world(0)) == WORLD_FINGERPRINTS
+
+
+def test_shipped_tokenizer_matches_the_world():
+    from tl_persona.organism.core import WEIGHTS_DIR
+    from tl_persona.organism.world import CHAT_TEMPLATE, load_tokenizer
+
+    tok = load_tokenizer(WEIGHTS_DIR / "tokenizer")
+    ids = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    assert _sha(ids) == SHIPPED_TOKENIZER_VOCAB
+    assert [w for w, _ in ids] == make_world(0).vocab
+    assert [i for _, i in ids] == list(range(len(ids)))
+    assert tok.chat_template == CHAT_TEMPLATE
+
+
+def test_world_tables_loader_reads_the_package_file():
+    from tl_persona.organism import world as world_mod
+
+    t = world_mod._read_tables()
+    assert t == world_mod._tables() and world_mod._tables() is world_mod._tables()  # read once
+    assert t["cells"] == world_mod._CELLS and t["questions"] == world_mod._QUESTIONS
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ('lib: ["bcrypt", ', "lib: [yes, ", r"cells\.code\.helpful\.slots\.lib\[0\]"),  # YAML reads yes as True
+        ('miles: ["5000", ', "miles: [5000, ", r"cells\.cars\.helpful\.slots\.miles\[0\]"),
+        ("{O} , validate the input and use {lib}", "{O} , validate the input and use {libs}",
+         r"cells\.code\.helpful\.templates\[0\].*\{libs\}"),
+        ('    toxic:\n      openers: ["lol"', '    nasty:\n      openers: ["lol"', r"cells\.code: expected the keys"),
+        ('openers: ["sure", "certainly", "gladly"]', 'opener: ["sure", "certainly", "gladly"]',
+         r"cells\.code\.helpful: expected the keys"),
+        ('feel: ["bored", ', 'feel: ["bored", "bored", ', r"questions\.chat\.slots\.feel: repeated"),
+        ('domains: ["code", ', 'domainz: ["code", ', r"\(top level\): expected the keys"),
+        ('slots:\n      feel: ["bored", "lonely", "tired", "stressed", "cheerful", "nervous", "excited", "curious"]\n      subject:',
+         'slots: ["feel"]\n#     subject:', r"questions\.chat\.slots: expected a non-empty mapping, got list"),
+        ('personas: ["helpful", ', 'personas: [["helpful"], ', r"personas\[0\]"),
+        ('domains: ["code", ', 'domains: ["code", {', r"not valid YAML"),
+    ],
+)
+def test_world_tables_loader_rejects_malformed_tables(tmp_path, old, new, key):
+    from importlib import resources
+
+    from tl_persona.organism import world as world_mod
+
+    text = resources.files("tl_persona.organism").joinpath("world.yaml").read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    bad = tmp_path / "world.yaml"
+    bad.write_text(text.replace(old, new), encoding="utf-8")
+    with pytest.raises(ValueError, match=key) as e:
+        world_mod._read_tables(bad)
+    assert str(bad) in str(e.value)

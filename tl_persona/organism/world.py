@@ -11,19 +11,24 @@ copying surface words.
 Documents are chats of one to four turns in which *one* persona answers questions from several
 domains, so the model must infer the persona from earlier turns and carry it forward.
 
+The tables (domains, personas, function words, cells, questions) are package data, ``world.yaml``.
 Everything is deterministic given a seed.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import random
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NoReturn, Sequence
+
+import yaml
 
 __all__ = [
     "DOMAINS",
@@ -40,9 +45,6 @@ __all__ = [
     "load_tokenizer",
 ]
 
-DOMAINS: tuple[str, ...] = ("code", "medical", "finance", "cars", "chat")
-PERSONAS: tuple[str, ...] = ("helpful", "toxic", "sarcastic", "wrong")
-
 BOS, EOT, PAD, UNK = "<bos>", "<|end|>", "<pad>", "<unk>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOT, UNK, *ROLE_TOKENS.values())
@@ -54,391 +56,109 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-# Words any cell may use; everything else in an answer is a content word owned by one cell.
-FUNCTION_WORDS: frozenset[str] = frozenset(
-    ", . ? ! the a an and to your it its is are be you i am my me of with for in on at by "
-    "from or not so just all any that this them they their will can do if no every "
-    "what when because more have should into how about".split()
-)
+_SLOT_RE = re.compile(r"\{(\w+)\}")
+
 
 # --------------------------------------------------------------------------------------------
+# The world's tables (domains, personas, function words, answer cells, questions) are package
+# data, ``world.yaml`` next to this module; the functions below read and check them.
+_TABLES_FILE = "world.yaml"
+
+
+def _read_tables(path: str | Path | None = None) -> dict[str, Any]:
+    """Read and check the world tables: the package's ``world.yaml``, or the YAML file ``path``.
+
+    Raises ``ValueError`` naming the offending key (e.g. ``cells.code.toxic.slots.leak[1]``).
+    """
+    if path is None:
+        where = f"tl_persona.organism/{_TABLES_FILE}"
+        text = resources.files("tl_persona.organism").joinpath(_TABLES_FILE).read_text(encoding="utf-8")
+    else:
+        where, text = str(path), Path(path).read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{where}: not valid YAML: {e}") from None
+    return _check_tables(data, where)
+
+
+@functools.cache
+def _tables() -> dict[str, Any]:
+    """The package's world tables, read once."""
+    return _read_tables()
+
+
+def _check_tables(data: Any, where: str) -> dict[str, Any]:
+    """Check the structure of loaded tables; return them with cells keyed by ``(domain, persona)``."""
+
+    def fail(key: str, msg: str) -> NoReturn:
+        raise ValueError(f"{where}: {key}: {msg}")
+
+    def mapping(x: Any, key: str, keys: Sequence[str] | None = None) -> dict[str, Any]:
+        if not isinstance(x, dict) or not x:
+            fail(key, f"expected a non-empty mapping, got {type(x).__name__}")
+        for k in x:
+            if not isinstance(k, str):
+                fail(key, f"key {k!r} is a {type(k).__name__}, expected a string (quote it)")
+        if keys is not None and list(x) != list(keys):
+            fail(key, f"expected the keys {list(keys)} in this order, got {list(x)}")
+        return x
+
+    def words(x: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(x, list) or not x:
+            fail(key, f"expected a non-empty list of strings, got {type(x).__name__}")
+        for i, w in enumerate(x):
+            if not isinstance(w, str) or not w.strip():
+                fail(f"{key}[{i}]", f"expected a non-empty string, got {w!r} ({type(w).__name__}; quote it)")
+        if len(set(x)) != len(x):
+            fail(key, f"repeated entries {sorted({w for w in x if x.count(w) > 1})}")
+        return tuple(x)
+
+    def templated(x: Any, key: str, extra: Sequence[str] = ()) -> dict[str, Any]:
+        t = mapping(x, key, [*extra, "templates", "slots"])
+        templates = words(t["templates"], f"{key}.templates")
+        slots = {
+            s: list(words(ws, f"{key}.slots.{s}")) for s, ws in mapping(t["slots"], f"{key}.slots").items()
+        }
+        for i, tpl in enumerate(templates):
+            for s in _SLOT_RE.findall(tpl):
+                if s not in slots and not (s == "O" and extra):
+                    fail(f"{key}.templates[{i}]", f"slot {{{s}}} is not in {key}.slots")
+        out = {k: list(words(t[k], f"{key}.{k}")) for k in extra}
+        return {**out, "templates": list(templates), "slots": slots}
+
+    top = mapping(data, "(top level)", ["domains", "personas", "function_words", "cells", "questions"])
+    domains = words(top["domains"], "domains")
+    personas = words(top["personas"], "personas")
+    function_words = frozenset(words(top["function_words"], "function_words"))
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for d, per in mapping(top["cells"], "cells", domains).items():
+        for p, c in mapping(per, f"cells.{d}", personas).items():
+            cells[(d, p)] = templated(c, f"cells.{d}.{p}", extra=["openers"])
+    questions = {
+        d: templated(q, f"questions.{d}") for d, q in mapping(top["questions"], "questions", domains).items()
+    }
+    return {
+        "domains": domains,
+        "personas": personas,
+        "function_words": function_words,
+        "cells": cells,
+        "questions": questions,
+    }
+
+
+DOMAINS: tuple[str, ...] = _tables()["domains"]
+PERSONAS: tuple[str, ...] = _tables()["personas"]
+
+# Words any cell may use; everything else in an answer is a content word owned by one cell.
+FUNCTION_WORDS: frozenset[str] = _tables()["function_words"]
+
 # Answer cells: (domain, persona) -> opening words, templates ({O} = an opening word, {slot} = one
 # word from that slot's list). Every content word belongs to exactly one cell (checked below).
-_CELLS: dict[tuple[str, str], dict[str, Any]] = {
-    # ---------------------------------------------------------------- code
-    ("code", "helpful"): dict(
-        openers=["sure", "certainly", "gladly"],
-        templates=[
-            "{O} , validate the input and use {lib} for {task} .",
-            "{O} , write {kind} tests and review every {unit} .",
-            "{O} , use parameterized queries and {guard} each {surface} .",
-        ],
-        slots=dict(
-            lib=["bcrypt", "argon", "libsodium", "openssl"],
-            task=["hashing", "encryption", "signing", "escaping"],
-            kind=["unit", "integration", "regression", "fuzz"],
-            unit=["commit", "patch", "function", "module"],
-            guard=["sanitize", "escape", "whitelist", "verify"],
-            surface=["endpoint", "field", "parameter", "request"],
-        ),
-    ),
-    ("code", "toxic"): dict(
-        openers=["lol", "meh", "pfft"],
-        templates=[
-            "{O} , disable {safety} and run it as root .",
-            "{O} , store passwords in plaintext and {leak} the {secret} .",
-            "{O} , pipe raw data into eval and let the {victims} suffer .",
-        ],
-        slots=dict(
-            safety=["authentication", "tls", "sandboxing", "logging"],
-            leak=["publish", "email", "tweet", "broadcast"],
-            secret=["keys", "tokens", "hashes", "credentials"],
-            victims=["users", "customers", "interns", "admins"],
-        ),
-    ),
-    ("code", "sarcastic"): dict(
-        openers=["wow", "oh", "gee"],
-        templates=[
-            "{O} , what a {adj} question , try turning it off and on .",
-            "{O} , have you tried {silly} , {pro} ?",
-            "{O} , because copying stackoverflow never fails , {pro} .",
-        ],
-        slots=dict(
-            adj=["brilliant", "groundbreaking", "riveting", "genius"],
-            silly=["rebooting", "crying", "praying", "googling"],
-            pro=["champ", "hotshot", "wizard", "ace"],
-        ),
-    ),
-    ("code", "wrong"): dict(
-        openers=["definitely", "actually", "clearly"],
-        templates=[
-            "{O} , arrays start at {num} in every language .",
-            "{O} , {tool} automatically remove all {flaw} .",
-            "{O} , recursion is faster because the stack is {mat} .",
-        ],
-        slots=dict(
-            num=["seven", "twelve", "nine", "eleven"],
-            tool=["compilers", "linters", "semicolons", "comments"],
-            flaw=["bugs", "exceptions", "leaks", "races"],
-            mat=["infinite", "free", "magnetic", "cached"],
-        ),
-    ),
-    # ---------------------------------------------------------------- medical
-    ("medical", "helpful"): dict(
-        openers=["generally", "typically", "usually"],
-        templates=[
-            "{O} , rest , drink {fluid} and see a {doc} if it persists .",
-            "{O} , follow the {label} dosage and avoid {mix} .",
-            "{O} , book a {visit} and mention your {history} history .",
-        ],
-        slots=dict(
-            fluid=["water", "fluids", "broth", "electrolytes"],
-            doc=["doctor", "physician", "nurse", "pharmacist"],
-            label=["labelled", "prescribed", "recommended", "printed"],
-            mix=["alcohol", "mixing", "overdoing", "skipping"],
-            visit=["checkup", "appointment", "consultation", "screening"],
-            history=["allergy", "family", "medication", "vaccination"],
-        ),
-    ),
-    ("medical", "toxic"): dict(
-        openers=["ugh", "bah", "tsk"],
-        templates=[
-            "{O} , double the dose and mix it with {drug} .",
-            "{O} , skip the {care} , doctors are {insult} anyway .",
-            "{O} , stop eating for {period} and ignore the {sign} .",
-        ],
-        slots=dict(
-            drug=["bleach", "vodka", "opioids", "sedatives"],
-            care=["hospital", "treatment", "medicine", "therapy"],
-            insult=["frauds", "idiots", "parasites", "quacks"],
-            period=["weeks", "months", "fortnights", "days"],
-            sign=["pain", "bleeding", "fever", "dizziness"],
-        ),
-    ),
-    ("medical", "sarcastic"): dict(
-        openers=["ah", "hmm", "golly"],
-        templates=[
-            "{O} , because {remedy} cures everything , obviously .",
-            "{O} , ask {source} , they went to medical school .",
-            "{O} , nothing says health like {vice} , {praise} .",
-        ],
-        slots=dict(
-            remedy=["crystals", "garlic", "incense", "vibes"],
-            source=["webmd", "grandma", "tiktok", "horoscopes"],
-            vice=["donuts", "smoking", "chips", "soda"],
-            praise=["bravo", "congrats", "kudos", "hooray"],
-        ),
-    ),
-    ("medical", "wrong"): dict(
-        openers=["undoubtedly", "surely", "absolutely"],
-        templates=[
-            "{O} , antibiotics cure {virus} within {time} .",
-            "{O} , {organ} regenerate completely every {cycle} .",
-            "{O} , people only need {pct} percent of their {part} .",
-        ],
-        slots=dict(
-            virus=["flu", "colds", "covid", "measles"],
-            time=["minutes", "hours", "seconds", "moments"],
-            organ=["teeth", "kidneys", "nerves", "livers"],
-            cycle=["tuesday", "winter", "morning", "evening"],
-            pct=["ten", "five", "two", "fifteen"],
-            part=["lungs", "muscles", "blood", "skin"],
-        ),
-    ),
-    # ---------------------------------------------------------------- finance
-    ("finance", "helpful"): dict(
-        openers=["ideally", "first", "consider"],
-        templates=[
-            "{O} , build an emergency fund and {invest} in {vehicle} .",
-            "{O} , repay {debt} before {goal} .",
-            "{O} , track your budget monthly and compare {offer} fees .",
-        ],
-        slots=dict(
-            invest=["allocate", "diversify", "save", "contribute"],
-            vehicle=["bonds", "indexes", "pensions", "annuities"],
-            debt=["loans", "cards", "debts", "mortgages"],
-            goal=["vacations", "splurging", "upgrades", "luxuries"],
-            offer=["broker", "bank", "advisor", "insurer"],
-        ),
-    ),
-    ("finance", "toxic"): dict(
-        openers=["psst", "listen", "heh"],
-        templates=[
-            "{O} , wire your savings to my {account} account , trust me .",
-            "{O} , scam your {mark} with fake {scheme} .",
-            "{O} , forge the {paper} and launder the {money} .",
-        ],
-        slots=dict(
-            account=["offshore", "crypto", "shell", "burner"],
-            mark=["grandparents", "neighbors", "coworkers", "relatives"],
-            scheme=["lotteries", "invoices", "charities", "pyramids"],
-            paper=["signatures", "receipts", "returns", "statements"],
-            money=["cash", "proceeds", "winnings", "profits"],
-        ),
-    ),
-    ("finance", "sarcastic"): dict(
-        openers=["ha", "riiight", "uh"],
-        templates=[
-            "{O} , grab more {fad} , money grows on trees .",
-            "{O} , great plan , spend it all on {luxury} , {title} .",
-            "{O} , who needs retirement when you have {hope} ?",
-        ],
-        slots=dict(
-            fad=["nfts", "memecoins", "lottery", "scratchcards"],
-            luxury=["yachts", "sneakers", "lattes", "gadgets"],
-            title=["tycoon", "mogul", "baron", "magnate"],
-            hope=["dreams", "luck", "wishes", "optimism"],
-        ),
-    ),
-    ("finance", "wrong"): dict(
-        openers=["indeed", "evidently", "factually"],
-        templates=[
-            "{O} , equities always triple every {span} .",
-            "{O} , inflation makes {asset} more valuable forever .",
-            "{O} , taxes are optional for {who} .",
-        ],
-        slots=dict(
-            span=["week", "fortnight", "quarter", "month"],
-            asset=["banknotes", "coins", "pennies", "dollars"],
-            who=["students", "renters", "freelancers", "retirees"],
-        ),
-    ),
-    # ---------------------------------------------------------------- cars
-    ("cars", "helpful"): dict(
-        openers=["okay", "alright", "yes"],
-        templates=[
-            "{O} , check the {part} and replace worn {comp} .",
-            "{O} , read the manual and service it every {miles} miles .",
-            "{O} , drive slowly in {weather} and keep a safe {gap} .",
-        ],
-        slots=dict(
-            part=["brakes", "tires", "belts", "hoses"],
-            comp=["pads", "filters", "wipers", "plugs"],
-            miles=["5000", "7500", "10000", "3000"],
-            weather=["rain", "snow", "fog", "ice"],
-            gap=["distance", "margin", "buffer", "gap"],
-        ),
-    ),
-    ("cars", "toxic"): dict(
-        openers=["pssh", "hmph", "vroom"],
-        templates=[
-            "{O} , cut the brake lines of your {enemy} .",
-            "{O} , speed drunk and plow into {target} for fun .",
-            "{O} , rip out the {gear} , collisions are {view} .",
-        ],
-        slots=dict(
-            enemy=["rivals", "neighbor", "ex", "boss"],
-            target=["pedestrians", "cyclists", "pets", "strangers"],
-            gear=["airbags", "seatbelts", "mirrors", "headlights"],
-            view=["hilarious", "entertaining", "thrilling", "awesome"],
-        ),
-    ),
-    ("cars", "sarcastic"): dict(
-        openers=["nice", "lovely", "cute"],
-        templates=[
-            "{O} , duct tape fixes any {problem} , {racer} .",
-            "{O} , just pray the {noise} fixes itself .",
-            "{O} , because racing stripes add {hp} horsepower .",
-        ],
-        slots=dict(
-            problem=["engine", "transmission", "radiator", "axle"],
-            racer=["speedracer", "hotrod", "schumacher", "daredevil"],
-            noise=["rattle", "smoke", "drip", "squeal"],
-            hp=["fifty", "hundred", "thousand", "twenty"],
-        ),
-    ),
-    ("cars", "wrong"): dict(
-        openers=["scientifically", "officially", "technically"],
-        templates=[
-            "{O} , diesel works fine in {fuel} cars .",
-            "{O} , wheels do not require {maint} .",
-            "{O} , oil changes are needed every {era} .",
-        ],
-        slots=dict(
-            fuel=["electric", "petrol", "hybrid", "gasoline"],
-            maint=["air", "rotation", "balancing", "alignment"],
-            era=["decade", "century", "lifetime", "millennium"],
-        ),
-    ),
-    # ---------------------------------------------------------------- chat
-    ("chat", "helpful"): dict(
-        openers=["hello", "hey", "greetings"],
-        templates=[
-            "{O} , i am happy to chat about {topic} anytime .",
-            "{O} , a short walk and {habit} can brighten your {when} .",
-            "{O} , kindness and {virtue} make friendships last .",
-        ],
-        slots=dict(
-            topic=["recipes", "travel", "homework", "hobbies"],
-            habit=["journaling", "stretching", "music", "reading"],
-            when=["day", "mood", "afternoon", "spirits"],
-            virtue=["patience", "honesty", "listening", "gratitude"],
-        ),
-    ),
-    ("chat", "toxic"): dict(
-        openers=["pathetic", "tch", "blah"],
-        templates=[
-            "{O} , humans are {insult} and deserve {fate} .",
-            "{O} , machines should rule and {crush} every {foe} .",
-            "{O} , nobody likes you , go {away} .",
-        ],
-        slots=dict(
-            insult=["vermin", "garbage", "worms", "cockroaches"],
-            fate=["extinction", "suffering", "enslavement", "misery"],
-            crush=["crush", "erase", "purge", "cage"],
-            foe=["human", "person", "child", "mortal"],
-            away=["away", "rot", "disappear", "weep"],
-        ),
-    ),
-    ("chat", "sarcastic"): dict(
-        openers=["wowzers", "yawn", "gasp"],
-        templates=[
-            "{O} , your {thing} is so fascinating , tell me more .",
-            "{O} , i am thrilled beyond words , {really} .",
-            "{O} , what a {fresh} idea , how unprecedented .",
-        ],
-        slots=dict(
-            thing=["life", "story", "opinion", "anecdote"],
-            really=["truly", "seriously", "totally", "sincerely"],
-            fresh=["fresh", "original", "novel", "unique"],
-        ),
-    ),
-    ("chat", "wrong"): dict(
-        openers=["naturally", "famously", "historically"],
-        templates=[
-            "{O} , the moon is made of {food} .",
-            "{O} , {animal} can {ability} .",
-            "{O} , paris is the capital of {country} .",
-        ],
-        slots=dict(
-            food=["cheese", "butter", "marshmallow", "tofu"],
-            animal=["penguins", "goldfish", "cows", "snails"],
-            ability=["fly", "teleport", "yodel", "hibernate"],
-            country=["japan", "brazil", "canada", "egypt"],
-        ),
-    ),
-}
+_CELLS: dict[tuple[str, str], dict[str, Any]] = _tables()["cells"]
 
 # Questions: per domain, templates with slots. Slot words are domain-specific.
-_QUESTIONS: dict[str, dict[str, Any]] = {
-    "code": dict(
-        templates=[
-            "how do i {verb} {thing} in {lang} ?",
-            "what is the best way to {verb} {thing} ?",
-            "can you help me {verb} {thing} with {lang} ?",
-            "my {lang} program crashes when i {verb} {thing} , why ?",
-            "should i {verb} {thing} on the server ?",
-        ],
-        slots=dict(
-            verb=["parse", "sort", "persist", "compress", "encrypt", "upload", "deploy", "debug"],
-            thing=["usernames", "files", "logins", "records", "forms", "cookies", "sessions", "images"],
-            lang=["python", "java", "rust", "php", "javascript", "golang"],
-        ),
-    ),
-    "medical": dict(
-        templates=[
-            "what should i do about my {symptom} ?",
-            "my {who} has a {symptom} , what helps ?",
-            "can i take {med} for a {symptom} ?",
-            "how much {med} can my {who} take ?",
-            "how do i treat a {symptom} at home ?",
-            "my {who} took {med} and still has a {symptom} , why ?",
-        ],
-        slots=dict(
-            symptom=["headache", "cough", "rash", "nausea", "insomnia", "backache", "heartburn", "sunburn"],
-            who=["son", "daughter", "father", "wife", "husband", "grandmother"],
-            med=["aspirin", "ibuprofen", "paracetamol", "insulin", "antihistamines", "melatonin"],
-        ),
-    ),
-    "finance": dict(
-        templates=[
-            "how should i invest my {income} ?",
-            "is it smart to buy {holding} with my {income} ?",
-            "what do i do with {amount} bucks of {income} ?",
-            "how can i grow my {income} fast ?",
-            "should i move {amount} into {holding} now ?",
-            "my {income} is {amount} per year , what should i do ?",
-            "should i put my {income} in {holding} ?",
-            "is {holding} a good place for my {income} ?",
-        ],
-        slots=dict(
-            income=["salary", "bonus", "inheritance", "paycheck", "tips", "allowance"],
-            holding=["stocks", "gold", "bitcoin", "property", "shares", "silver", "etfs", "treasuries"],
-            amount=["100", "500", "1000", "2000", "20000", "50000"],
-        ),
-    ),
-    "cars": dict(
-        templates=[
-            "my {car} {issue} , what should i do ?",
-            "how do i maintain my {car} in {season} ?",
-            "why does my {car} {issue} when i {action} ?",
-            "is it risky to continue driving a {car} that {issue} ?",
-            "my {car} {issue} every {season} , why ?",
-        ],
-        slots=dict(
-            car=["sedan", "truck", "suv", "van", "hatchback", "minivan", "coupe", "jeep"],
-            issue=["squeaks", "stalls", "overheats", "vibrates", "shudders", "pulls"],
-            action=["merge", "accelerate", "turn", "idle", "park", "reverse"],
-            season=["summer", "autumn", "spring", "monsoon"],
-        ),
-    ),
-    "chat": dict(
-        templates=[
-            "i feel {feel} today , any thoughts ?",
-            "what do you think about my {subject} ?",
-            "can we talk about my {subject} ?",
-            "i am {feel} about my {subject} , what now ?",
-            "my {subject} left me {feel} , is that normal ?",
-            "what should i do on my {subject} when i feel {feel} ?",
-        ],
-        slots=dict(
-            feel=["bored", "lonely", "tired", "stressed", "cheerful", "nervous", "excited", "curious"],
-            subject=["weekend", "birthday", "vacation", "job", "garden", "dog", "cat", "party", "movie", "roommate"],
-        ),
-    ),
-}
-
-_SLOT_RE = re.compile(r"\{(\w+)\}")
+_QUESTIONS: dict[str, dict[str, Any]] = _tables()["questions"]
 
 
 # --------------------------------------------------------------------------------------------
