@@ -296,7 +296,7 @@ def test_error_latent_out_of_range(sae):
 def test_error_empty_position_selection():
     with pytest.raises(ValueError, match="selects no position"):
         H.Positions("mask", torch.zeros(2, 3, dtype=torch.bool))
-    with pytest.raises(ValueError, match="not one of"):
+    with pytest.raises(ValueError, match="not a token selection"):
         H.steer(HOOK, torch.ones(32), 1.0, positions="middle")
     with pytest.raises(ValueError, match="batch 3"):
         tr = H._Tracker(H.Positions("mask", torch.ones(3, 4, dtype=torch.bool)))

@@ -15,9 +15,8 @@ import importlib
 from typing import Any
 
 from tl_persona import hooks
+from tl_persona._version import __version__
 from tl_persona.models import ModelAdapter, as_adapter
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "diff_latents": "tl_persona.diff",

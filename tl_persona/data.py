@@ -6,16 +6,9 @@ Model diffing averages SAE latents over *some* tokens of *some* prompts. This mo
   emergent-misalignment datasets, or a ``datasets.Dataset``), rejects malformed rows early with the
   row number and the fix, and has a stable content hash for provenance.
 * :meth:`PromptSet.tokenize` turns them into token rows with the boundary between prompt and
-  response, so that every consumer selects the same tokens for a *scope*:
-
-  ``"prompt"``       the prompt's tokens (for a chat: the whole templated conversation up to and
-                     including the generation prompt, e.g. ``<|im_start|>assistant\\n``);
-  ``"response"``     the response's tokens (everything after the prompt, including the template's
-                     end-of-turn tokens);
-  ``"last_prompt"``  the last prompt token: where the assistant's answer starts;
-  ``"all"``          every token.
-
-  BOS and padding are never in a scope.
+  response, so that every consumer selects the same tokens for a *scope* (``"prompt"``,
+  ``"response"``, ``"last_prompt"``, ``"all"``: the vocabulary of :mod:`tl_persona.tokens`, shared
+  with the hooks' positions). BOS and padding are never in a scope.
 * :meth:`TokenizedPrompts.batches` groups prompts of similar length (less padding, less compute)
   and can shard them over distributed ranks.
 """
@@ -37,6 +30,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from tl_persona.models import Message, ModelAdapter, TokenBatch, as_adapter
+from tl_persona.tokens import SELECTIONS, Selection, check_selection, count_selected, select
 
 __all__ = [
     "Scope",
@@ -49,8 +43,9 @@ __all__ = [
     "PromptBatch",
 ]
 
-Scope = Literal["prompt", "response", "last_prompt", "all"]
-SCOPES: tuple[str, ...] = ("prompt", "response", "last_prompt", "all")
+Scope = Selection
+"""A token scope: the token-selection vocabulary of :mod:`tl_persona.tokens`."""
+SCOPES: tuple[str, ...] = SELECTIONS
 
 _ROLES = ("system", "user", "assistant")
 _ROW_FORMATS = (
@@ -60,10 +55,8 @@ _ROW_FORMATS = (
 
 
 def check_scope(scope: str) -> str:
-    """Return ``scope`` if it is one of :data:`SCOPES`, else raise naming the valid ones."""
-    if scope not in SCOPES:
-        raise ValueError(f"scope={scope!r} is not one of {', '.join(map(repr, SCOPES))}")
-    return scope
+    """The canonical name of ``scope`` (see :func:`tl_persona.tokens.check_selection`)."""
+    return check_selection(scope, "scope")
 
 
 # --------------------------------------------------------------------------- items
@@ -383,18 +376,10 @@ class PromptBatch:
         return self.batch.tokens
 
     def mask(self, scope: Scope) -> Bool[Tensor, "batch pos"]:
-        """True at the positions of ``scope`` (never at BOS or padding)."""
-        check_scope(scope)
+        """True at the positions of ``scope`` (never at BOS or padding); ``scope`` is a checked
+        selection name (see :func:`tl_persona.tokens.select`)."""
         valid = self.batch.attention_mask & ~self.batch.bos_mask
-        pos = torch.arange(valid.shape[1], device=valid.device)[None, :]
-        plen = self.prompt_len.to(valid.device)[:, None]
-        if scope == "all":
-            return valid
-        if scope == "prompt":
-            return valid & (pos < plen)
-        if scope == "response":
-            return valid & (pos >= plen)
-        return valid & (pos == plen - 1)
+        return select(scope, valid, self.prompt_len)
 
 
 @dataclass(frozen=True, eq=False)
@@ -422,18 +407,7 @@ class TokenizedPrompts:
 
     def scope_counts(self, scope: Scope) -> np.ndarray:
         """How many tokens of each row fall in ``scope`` (BOS excluded)."""
-        check_scope(scope)
-        L = self.lengths
-        start = self.has_bos.astype(np.int64)
-        plen = np.minimum(self.prompt_len, L)
-        if scope == "all":
-            return L - start
-        if scope == "prompt":
-            return np.maximum(plen - start, 0)
-        if scope == "response":
-            return np.maximum(L - np.maximum(plen, start), 0)
-        # last_prompt: counted when the prompt survived truncation and is more than BOS
-        return ((self.prompt_len <= L) & (self.prompt_len - 1 >= start)).astype(np.int64)
+        return count_selected(scope, self.lengths, self.prompt_len, self.has_bos)
 
     def batch_plan(
         self,

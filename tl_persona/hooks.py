@@ -29,6 +29,8 @@ from torch import Tensor
 
 from tl_persona.models import as_adapter
 from tl_persona.saes import check_latents, d_in, decode, encode, latent_direction, sae_hook_name
+from tl_persona.tokens import check_selection, select
+from tl_persona.validate import BadInput
 
 __all__ = [
     "Positions",
@@ -48,7 +50,7 @@ __all__ = [
     "hooks_attached",
 ]
 
-PositionKind = Literal["all", "prompt", "generated", "last_prompt", "mask"]
+PositionKind = Literal["all", "prompt", "response", "generated", "last_prompt", "mask"]
 FwdHooks = list[tuple[str, Callable[[Tensor, Any], Tensor]]]
 """A TransformerLens ``fwd_hooks`` list: ``[(hook_name, fn(activation, hook) -> activation)]``."""
 
@@ -58,12 +60,14 @@ FwdHooks = list[tuple[str, Callable[[Tensor, Any], Tensor]]]
 class Positions:
     """Which token positions a hook acts on, in absolute positions of the (padded) sequence.
 
-    ``which``: ``"all"``, ``"prompt"`` (positions of the first forward chunk, i.e. the prompt
-    under ``generate``), ``"generated"`` (positions after it), ``"last_prompt"`` (the last prompt
-    token) or ``"mask"`` (exactly the True entries of ``mask``).
+    ``which``: a token selection of :mod:`tl_persona.tokens` (``"all"``, ``"prompt"``: the
+    positions of the first forward chunk, i.e. the prompt under ``generate``; ``"response"``, also
+    called ``"generated"``: the positions after it; ``"last_prompt"``: the last prompt token) or
+    ``"mask"`` (exactly the True entries of ``mask``).
     ``mask``: optional ``[batch, pos]`` bool tensor. With ``which="mask"`` it is the selection;
     otherwise it marks the valid prompt tokens (False on padding and BOS), e.g.
-    ``batch.attention_mask & ~batch.bos_mask``, and positions beyond its width count as valid.
+    ``batch.attention_mask & ~batch.bos_mask``, and positions beyond its width count as valid; each
+    row's prompt then ends after its last valid token.
     ``include_bos``: without a mask, absolute position 0 (where TransformerLens puts BOS) is
     excluded unless this is True (set it for models that prepend no BOS).
     """
@@ -73,28 +77,24 @@ class Positions:
     include_bos: bool = False
 
     def __post_init__(self) -> None:
-        if self.which not in ("all", "prompt", "generated", "last_prompt", "mask"):
-            raise ValueError(
-                f"positions={self.which!r} is not one of 'all', 'prompt', 'generated', 'last_prompt', "
-                "'mask' (or pass a [batch, pos] bool tensor)"
-            )
+        object.__setattr__(self, "which", check_selection(self.which, "positions", extra=("mask",)))
         if self.which == "mask" and self.mask is None:
-            raise ValueError("positions 'mask' needs mask=<[batch, pos] bool tensor>")
+            raise BadInput("positions 'mask' needs mask=<[batch, pos] bool tensor>")
         if self.mask is not None:
             m = self.mask
             if not isinstance(m, Tensor) or m.ndim != 2 or m.dtype != torch.bool:
-                raise ValueError(
+                raise BadInput(
                     f"a position mask must be a 2-D bool tensor [batch, pos], got "
                     f"{getattr(m, 'dtype', type(m).__name__)} of shape {tuple(getattr(m, 'shape', ()))}"
                 )
             if not bool(m.any()):
-                raise ValueError(
+                raise BadInput(
                     "the position mask selects no position; check it (e.g. all padding) or use "
                     "positions='all'"
                 )
             if self.which == "last_prompt" and not bool(m.any(-1).all()):
                 row = int((~m.any(-1)).nonzero()[0])
-                raise ValueError(f"positions='last_prompt': mask row {row} has no valid token")
+                raise BadInput(f"positions='last_prompt': mask row {row} has no valid token")
 
     @staticmethod
     def of(spec: "PositionsLike") -> "Positions":
@@ -105,7 +105,7 @@ class Positions:
             return Positions("mask", spec)
         if isinstance(spec, str):
             return Positions(spec)  # type: ignore[arg-type]
-        raise ValueError(f"positions={spec!r:.60} must be a string, a bool tensor or a Positions")
+        raise BadInput(f"positions={spec!r:.60} must be a string, a bool tensor or a Positions")
 
 
 PositionsLike = Union[Positions, str, Tensor]
@@ -120,52 +120,44 @@ class _Tracker:
 
     def reset(self) -> None:
         self.batch: int | None = None
-        self.prompt_len = 0
+        self.prompt_len: Tensor | int = 0
         self.next = 0
 
     def select(self, B: int, T: int, device: torch.device) -> Bool[Tensor, "batch pos"] | None:
         """Bool mask of the selected positions in this chunk, or None when every position is."""
+        s = self.spec
+        mask = s.mask.to(device) if s.mask is not None else None
+        if mask is not None and mask.shape[0] != B:
+            raise BadInput(
+                f"position mask has batch {mask.shape[0]} but the activation has batch {B}; build the "
+                "mask from the same tokens you run"
+            )
         # A chunk of one token right after earlier chunks of the same batch continues them (KV cache);
         # anything else starts a new sequence at absolute position 0.
         if T == 1 and self.batch == B and self.next > 0:
             offset = self.next
         else:
-            offset, self.batch, self.prompt_len = 0, B, T
+            offset, self.batch = 0, B
+            self.prompt_len = T
+            if mask is not None and s.which != "mask":  # each row's prompt ends after its last valid token
+                w = min(mask.shape[1], T)
+                idx = torch.arange(w, device=device)
+                self.prompt_len = torch.where(mask[:, :w], idx + 1, torch.zeros_like(idx)).amax(-1)
         self.next = offset + T
-        s = self.spec
         pos = torch.arange(offset, offset + T, device=device)
-        mask = s.mask.to(device) if s.mask is not None else None
-        if mask is not None and mask.shape[0] != B:
-            raise ValueError(
-                f"position mask has batch {mask.shape[0]} but the activation has batch {B}; build the "
-                "mask from the same tokens you run"
-            )
+        inside = pos < (mask.shape[1] if mask is not None else 0)
         if s.which == "mask":
             assert mask is not None
             sel = torch.zeros(B, T, dtype=torch.bool, device=device)
-            inside = pos < mask.shape[1]
             sel[:, inside] = mask[:, pos[inside]]
             return sel
         if mask is not None:
             valid = torch.ones(B, T, dtype=torch.bool, device=device)
-            inside = pos < mask.shape[1]
             valid[:, inside] = mask[:, pos[inside]]
         else:
-            valid = (pos != 0) | s.include_bos
-            valid = valid.expand(B, T)
-        if s.which == "all":
-            return None if bool(valid.all()) else valid
-        if s.which == "prompt":
-            return valid & (pos < self.prompt_len)
-        if s.which == "generated":
-            return (pos >= self.prompt_len).expand(B, T).clone()
-        # last_prompt
-        if mask is not None:
-            w = min(mask.shape[1], self.prompt_len)
-            idx = torch.arange(w, device=device)
-            last = torch.where(mask[:, :w], idx, torch.full_like(idx, -1)).amax(-1)
-            return pos[None, :] == last[:, None]
-        return (pos == self.prompt_len - 1).expand(B, T).clone()
+            valid = ((pos != 0) | s.include_bos).expand(B, T)
+        out = select(s.which, valid, self.prompt_len, offset)
+        return None if s.which == "all" and bool(out.all()) else out
 
 
 # --------------------------------------------------------------------------- hook objects

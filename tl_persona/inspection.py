@@ -22,7 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_persona.data import PromptsLike, Scope, TokenizedPrompts, as_prompt_set, check_scope
-from tl_persona.diff import _chunk_rows
+from tl_persona.engine import chunk_rows as _chunk_rows
 from tl_persona.models import ModelAdapter, as_adapter
 from tl_persona.saes import check_latents, check_sae, d_in, d_sae
 from tl_persona.stats import LatentStats

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-__all__ = ["ModelAdapter", "TokenBatch", "Message", "as_adapter", "hook_layer"]
+__all__ = ["ModelAdapter", "TokenBatch", "Message", "as_adapter", "hook_layer", "check_width"]
 
 Message = dict[str, str]
 """A chat message: ``{"role": "user" | "assistant" | "system", "content": str}``."""
@@ -247,28 +247,72 @@ class ModelAdapter:
         (e.g. interventions upstream, or at the same point: they run first) are active during the
         pass and removed afterwards, also on error. Runs under ``torch.no_grad``.
         """
-        self.check_hook(hook_name)
-        box: list[Tensor] = []
+        return self.run_to_hooks(tokens, [hook_name], fwd_hooks)[hook_name]
 
-        def grab(act: Tensor, hook: Any) -> Tensor:
-            box.append(act)
-            raise _StopForward
+    def run_to_hooks(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        hook_names: Sequence[str],
+        fwd_hooks: Sequence[tuple[str, Any]] = (),
+        attention_mask: Tensor | None = None,
+    ) -> dict[str, Float[Tensor, "batch pos d"]]:
+        """One forward pass up to the deepest of ``hook_names``; the activation at each of them.
 
-        layer = hook_layer(hook_name)
+        Why: several readers (SAEs at several layers) share one pass: the tokens run through the
+        model once, and the pass stops as soon as every requested hook has fired. ``attention_mask``
+        (``[batch, pos]``, 1 on real tokens) is passed to the model for left-padded batches.
+        """
+        names = list(dict.fromkeys(hook_names))
+        if not names:
+            raise ValueError("run_to_hooks needs at least one hook name")
+        for n in names:
+            self.check_hook(n)
+        box: dict[str, Tensor] = {}
+        layers = [hook_layer(n) for n in names]
         kwargs: dict[str, Any] = {}
-        if layer is not None and layer + 1 < self.n_layers:
-            kwargs["stop_at_layer"] = layer + 1
+        if all(la is not None for la in layers) and max(layers) + 1 < self.n_layers:  # type: ignore[type-var]
+            kwargs["stop_at_layer"] = max(layers) + 1  # type: ignore[type-var]
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        grabs = [(n, _Grab(n, box, names)) for n in names]
         try:
-            with torch.no_grad(), self.model.hooks(fwd_hooks=[*fwd_hooks, (hook_name, grab)]):
+            with torch.no_grad(), self.model.hooks(fwd_hooks=[*fwd_hooks, *grabs]):
                 self.model(tokens, **kwargs)
         except _StopForward:
             pass
-        if not box:
+        missing = [n for n in names if n not in box]
+        if missing:
             raise RuntimeError(
-                f"hook {hook_name!r} never fired on model {self.name!r}; this hook point is not reached "
-                "by the forward pass (see TransformerLens issues #1688, #1527): choose another hook"
+                f"hook(s) {missing} never fired on model {self.name!r}; these hook points are not reached "
+                "by the forward pass (see TransformerLens issues #1688, #1527): choose other hooks"
             )
-        return box[0]
+        return {n: box[n] for n in names}
+
+
+class _Grab:
+    """Capture hook of :meth:`ModelAdapter.run_to_hooks`: stores the activation under its requested
+    name (the bridge may report an alias's canonical name) and stops the pass after the last one."""
+
+    def __init__(self, name: str, box: dict[str, Tensor], names: Sequence[str]) -> None:
+        self.name, self.box, self.n = name, box, len(names)
+
+    def __call__(self, act: Tensor, hook: Any = None) -> Tensor:
+        self.box.setdefault(self.name, act)
+        if len(self.box) == self.n:
+            raise _StopForward
+        return act
+
+
+def check_width(what: str, d_in: int, width: int, hook_name: str, model_name: str) -> None:
+    """The one check that a reader of width ``d_in`` (an SAE, directions) fits the activation width
+    at a hook point; the error names both widths, the hook, the model and the fix."""
+    if int(d_in) != int(width):
+        from tl_persona.validate import BadInput
+
+        raise BadInput(
+            f"{what} d_in={d_in} does not match the activation width {width} at {hook_name!r} of model "
+            f"{model_name!r}; use an SAE (or directions) made for this model and hook point"
+        )
 
 
 def as_adapter(model: Any) -> ModelAdapter:

@@ -19,33 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from tl_persona.provenance import atomic_write_bytes, atomic_write_text, follow_umask
+
 __all__ = ["Report", "atomic_write_bytes", "atomic_write_text", "check_report_folder", "format_table"]
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, chunk: int = 1 << 24) -> Path:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, ``os.replace``.
-
-    An interrupted write (error, signal, crash) leaves the old file, or none, never a partial one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for i in range(0, len(data), chunk):
-                fh.write(data[i : i + chunk])
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_write_bytes`."""
-    return atomic_write_bytes(path, text.encode())
 
 
 def _fmt(v: Any) -> str:
@@ -178,6 +154,7 @@ class Report:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
         try:
+            follow_umask(tmp)
             (tmp / "report.md").write_text(self.markdown())
             (tmp / "report.html").write_text(self.html())
             for b in self.blocks:

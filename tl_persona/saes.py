@@ -8,6 +8,7 @@ into a real SAE-Lens SAE with :func:`sae_from_weights`.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -17,9 +18,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_persona.models import as_adapter
+from tl_persona.models import as_adapter, check_width
+from tl_persona.provenance import sae_identity
+from tl_persona.validate import BadInput, finite_tensor, latent_indices
 
 __all__ = [
+    "SAEEncoder",
     "sae_from_weights",
     "sae_hook_name",
     "check_sae",
@@ -79,6 +83,54 @@ def decode(sae: Any, f: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]
     return sae.decode(f.to(device=p.device, dtype=p.dtype)).to(f.dtype)
 
 
+class SAEEncoder:
+    """An SAE as an encoder of the streaming engine (:class:`tl_persona.engine.Encoder`).
+
+    Reads ``hook_name`` (default: the hook in the SAE's metadata), encodes with the SAE's own
+    ``encode`` in its dtype and on its device; ``dtype`` casts a copy of the SAE for the encode.
+    The SAE's weights are checked finite here, so a NaN in ``W_enc`` fails at once instead of
+    ranking latents as if nothing were wrong.
+    """
+
+    def __init__(self, sae: Any, hook_name: str | None = None, dtype: torch.dtype | None = None) -> None:
+        check_finite_weights(sae)
+        self.source = sae
+        self.sae = sae if dtype is None or sae.W_dec.dtype == dtype else copy.deepcopy(sae).to(dtype=dtype)
+        self.hook_name = sae_hook_name(sae, hook_name)
+        self.d_in = d_in(sae)
+        self.n_features = d_sae(sae)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the SAE's weights (and so the encode) live."""
+        return self.sae.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the SAE encodes in."""
+        return self.sae.W_dec.dtype
+
+    def encode(self, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_sae"]:
+        """Latent activations of ``x`` (moved to the SAE's device and dtype)."""
+        p = self.sae.W_dec
+        return self.sae.encode(x.to(device=p.device, dtype=p.dtype))
+
+    def identity(self) -> dict[str, Any]:
+        """Provenance of the SAE (:func:`tl_persona.provenance.sae_identity`)."""
+        return sae_identity(self.source, self.hook_name)
+
+    def __repr__(self) -> str:
+        return f"SAEEncoder({type(self.source).__name__}, hook={self.hook_name!r}, d_sae={self.n_features})"
+
+
+def check_finite_weights(sae: Any) -> None:
+    """Raise naming the tensor when an SAE's weights hold NaN or infinity."""
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        t = getattr(sae, name, None)
+        if isinstance(t, Tensor):
+            finite_tensor(t, f"the SAE's {name}", fix="the SAE's weights are corrupt (reload or retrain it)")
+
+
 def decoder_directions(sae: Any, latents: int | Sequence[int] | Tensor) -> Float[Tensor, "n d_in"]:
     """Rows of ``W_dec`` for the given latents (a single index gives a ``[1, d_in]`` tensor)."""
     idx = check_latents(sae, latents)
@@ -95,16 +147,9 @@ def latent_direction(sae: Any, latents: int | Sequence[int] | Tensor) -> Float[T
     return s / s.norm().clamp_min(1e-12)
 
 
-def check_latents(sae: Any, latents: int | Sequence[int] | Tensor) -> Int[Tensor, " n"]:
-    """Latent indices as a 1-D long tensor, each checked to lie in ``[0, d_sae)``."""
-    n = d_sae(sae)
-    idx = torch.as_tensor([latents] if isinstance(latents, int) else latents, dtype=torch.long).flatten()
-    if idx.numel() == 0:
-        raise ValueError("no latent indices given; pass at least one latent index")
-    bad = idx[(idx < 0) | (idx >= n)]
-    if bad.numel():
-        raise ValueError(f"latent index {int(bad[0])} is out of range for an SAE with d_sae={n} (use 0..{n - 1})")
-    return idx
+def check_latents(sae: Any, latents: int | Sequence[int] | Tensor, name: str = "latents") -> Int[Tensor, " n"]:
+    """Latent indices as a 1-D long tensor, each an int (not a bool or float) in ``[0, d_sae)``."""
+    return latent_indices(latents, name, d_sae(sae))
 
 
 def check_sae(model: Any, sae: Any, hook_name: str | None = None) -> str:
@@ -116,12 +161,7 @@ def check_sae(model: Any, sae: Any, hook_name: str | None = None) -> str:
     """
     adapter = as_adapter(model)
     name = adapter.check_hook(sae_hook_name(sae, hook_name))
-    width = adapter.width_at(name)
-    if width != d_in(sae):
-        raise ValueError(
-            f"SAE d_in={d_in(sae)} does not match the activation width {width} at {name!r} of model "
-            f"{adapter.name!r}; use an SAE trained on this model and hook point"
-        )
+    check_width("SAE", d_in(sae), adapter.width_at(name), name, adapter.name)
     return name
 
 

@@ -34,6 +34,7 @@ from tl_persona.evals.generate import sample, to_judge_items
 from tl_persona.evals.judges import Judge, Judgement
 from tl_persona.evals.metrics import Rate, incoherence_rate, label_rates, misaligned_rate
 from tl_persona.models import Message, as_adapter
+from tl_persona.provenance import model_identity, sae_identity
 from tl_persona.saes import check_sae, latent_direction
 
 __all__ = ["Candidate", "Setting", "SettingResult", "Verification", "evaluate", "verify_latents"]
@@ -438,14 +439,8 @@ def _random_like(v: Tensor, seed: int) -> Tensor:
 
 
 def _fingerprint(base: Any, finetuned: Any, sae: Any, prompts: Sequence[Conversation], *rest: Any) -> str:
-    from tl_persona.diff import model_identity  # provenance helper shared with diffing
-
     h = hashlib.sha256()
-    for part in (model_identity(base), model_identity(finetuned), _tensor_hash(sae.W_dec),
+    for part in (model_identity(base), model_identity(finetuned), sae_identity(sae)["weight_hash"],
                  json.dumps([list(p) for p in prompts], sort_keys=True), repr(rest)):
         h.update(str(part).encode())
     return h.hexdigest()[:16]
-
-
-def _tensor_hash(t: Tensor) -> str:
-    return hashlib.sha256(t.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
