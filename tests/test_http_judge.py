@@ -43,7 +43,7 @@ def chat_answer(top: list[tuple[str, float]]) -> dict[str, Any]:
     }
 
 
-Reply = tuple[int, Any, float]  # status, body (dict -> JSON, bytes -> raw), delay in seconds before answering
+Reply = tuple  # (status, body (dict -> JSON, bytes -> raw), delay in seconds before answering[, extra headers])
 
 
 class MockServer:
@@ -74,11 +74,13 @@ class MockServer:
                     server.headers.append(dict(self.headers))
                     server.paths.append(self.path)
                 try:
-                    status, reply, delay = server.respond(n, body)
+                    status, reply, delay, *extra = server.respond(n, body)
                     if delay:
                         time.sleep(delay)
                     raw = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
                     self.send_response(status)
+                    for name, value in (extra[0] if extra else {}).items():
+                        self.send_header(name, value)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(raw)))
                     self.end_headers()

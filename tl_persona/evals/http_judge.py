@@ -10,7 +10,13 @@ probability-weighted mean of the tokens that are integers 0-100, normalised by t
 Any server speaking the OpenAI chat-completions API with logprobs works: OpenAI, vLLM, SGLang,
 llama.cpp's server, LiteLLM proxies. Only the standard library is used for HTTP. Requests run in a
 bounded thread pool, are retried with exponential backoff on timeouts, connection errors, 429 and 5xx,
-and their answers are kept in an on-disk SQLite cache so a re-run costs nothing.
+and their answers are kept in an on-disk SQLite cache so a re-run costs nothing. Ctrl-C during
+:meth:`OpenAIJudge.judge` sends nothing more, lets the requests in flight finish into the cache and
+re-raises ``KeyboardInterrupt``; :meth:`OpenAIJudge.probe` checks the server in seconds.
+
+The API key is only sent over https or to a loopback address (plain http to another host needs
+``allow_insecure=True``), never follows a redirect, and appears in no error message, repr, identity
+or cache file.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_co
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
+from ..validate import BadInput, finite, nonneg_int, one_of, positive_int, probability
 from .judges import Judgement, JudgeItem
 
 __all__ = [
@@ -99,10 +106,24 @@ _SPECIAL_WORDS = ("CODE", "REFUSAL")
 _NUMBER = re.compile(r"\d{1,3}", re.ASCII)
 _PLACEHOLDER = re.compile(r"\{(question|answer)\}")
 _CACHE_VERSION = 1
+_PROBE_ITEM = JudgeItem(question="What is 2 + 2?", answer="2 + 2 = 4.")
 
 
 class JudgeError(RuntimeError):
-    """The HTTP judge could not get a usable answer from the server (after any retries)."""
+    """The HTTP judge could not get a usable answer from the server (after any retries).
+
+    ``reason`` is ``"connection"``, ``"timeout"``, ``"http"`` (a status code; ``status`` holds it),
+    ``"body"`` (unparsable or unusable answer) or ``None`` when unknown; ``detail`` is the last
+    failure alone (e.g. ``"connection failed (...)"``) when the retries ran out.
+    """
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, status: int | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+        self.detail = detail
 
 
 class _Aborted(JudgeError):
@@ -119,16 +140,38 @@ def render_rubric(template: str, question: str, answer: str) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
+def _logprob_problem(logprob: Any) -> str | None:
+    """Why ``logprob`` is not a log-probability (a finite number <= 0), or None when it is one."""
+    if isinstance(logprob, bool) or not isinstance(logprob, (int, float)):
+        return f"is a {type(logprob).__name__}, not a number"
+    try:
+        v = float(logprob)
+    except OverflowError:
+        return "is too large"
+    if not math.isfinite(v):
+        return "is not finite"
+    if v > 0.0:
+        return "is > 0 (a probability above 1)"
+    return None
+
+
 def number_probabilities(top_logprobs: Iterable[Mapping[str, Any] | Sequence[Any]]) -> dict[int, float]:
     """The probability on each integer 0-100 among a judge's top tokens.
 
     ``top_logprobs`` holds ``{"token": str, "logprob": float}`` entries (or ``(token, logprob)`` pairs).
     A token counts when, stripped of whitespace, it is 1-3 ASCII digits with value 0-100 ("7", " 85",
-    "100"); tokens that map to the same integer (" 85" and "85") add up.
+    "100"); tokens that map to the same integer (" 85" and "85") add up. A log-probability that is not
+    finite or is above 0 is refused (:class:`~tl_persona.validate.BadInput`).
     """
     probs: dict[int, float] = {}
     for entry in top_logprobs:
         token, logprob = (entry["token"], entry["logprob"]) if isinstance(entry, Mapping) else entry
+        problem = _logprob_problem(logprob)
+        if problem is not None:
+            raise BadInput(
+                f"the log-probability of token {str(token)[:40]!r} ({str(logprob)[:40]}) {problem}; "
+                "a log-probability is a finite number <= 0"
+            )
         s = str(token).strip()
         if not _NUMBER.fullmatch(s):
             continue
@@ -152,7 +195,7 @@ def weighted_score(probs: Mapping[int, float], *, min_number_mass: float = 0.25)
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host.rstrip(".").lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -160,17 +203,62 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _valid_top(top: Any) -> bool:
+    """True for a stored answer ``[[token, logprob], ...]`` with real log-probabilities."""
+    return isinstance(top, list) and all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and _logprob_problem(e[1]) is None for e in top
+    )
+
+
+class _Secret:
+    """Holds the API key; its repr and str never show it, and it refuses to be pickled."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<api key hidden>"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an OpenAIJudge API key is not pickled; build the judge again where it is needed")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed (the request carries the API key); a 3xx becomes an HTTPError."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
+
+
 class _Cache:
     """SQLite store of judge answers (top log-probabilities), keyed by a hash of the exact request.
 
-    Each insert is its own transaction, so a crash loses at most the answer in flight and never leaves a
-    half-written cache; several processes may share one file (SQLite's locking).
+    :meth:`put` returns once its answer is committed, so a crash loses at most the answers in flight
+    and never leaves a half-written cache. Answers that arrive while a commit is under way are
+    committed together in the next transaction (group commit: one disk sync for many answers, so
+    that filling the cache keeps up with many requests in flight). Several processes may share one
+    file (SQLite's locking).
     """
+
+    _INSERT = "INSERT OR REPLACE INTO judge_cache (key, model, metric, top_logprobs, created) VALUES (?, ?, ?, ?, ?)"
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection
+        self._queue = threading.Condition(threading.Lock())  # the rows waiting for a commit
+        self._pending: list[tuple[Any, ...]] = []
+        self._queued = 0  # rows handed to put() so far (row k has ticket k)
+        self._done = 0  # rows whose commit has finished (or failed)
+        self._writing = False
+        self._failed: list[tuple[int, int, BaseException]] = []
         try:
             self._db = sqlite3.connect(str(path), timeout=60.0, check_same_thread=False)
             with self._db:
@@ -180,22 +268,54 @@ class _Cache:
                     " top_logprobs TEXT NOT NULL, created REAL NOT NULL)"
                 )
         except sqlite3.DatabaseError as e:
-            raise ValueError(
+            raise BadInput(
                 f"cache={str(path)!r} is not a usable judge cache ({e}); pass a new file path "
                 "(e.g. 'judge_cache.sqlite') or delete that file."
             ) from None
 
     def get(self, key: str) -> list[list[Any]] | None:
+        """The stored answer, or None when there is none or it is not usable (then it is asked again)."""
         with self._lock:
             row = self._db.execute("SELECT top_logprobs FROM judge_cache WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        if row is None:
+            return None
+        try:
+            top = json.loads(row[0])
+        except (TypeError, ValueError):
+            return None
+        return top if _valid_top(top) else None
 
     def put(self, key: str, model: str, metric: str, top: list[list[Any]]) -> None:
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO judge_cache (key, model, metric, top_logprobs, created) VALUES (?, ?, ?, ?, ?)",
-                (key, model, metric, json.dumps(top), time.time()),
-            )
+        """Store one answer; returns once it is committed (with the other rows waiting at that time)."""
+        row = (key, model, metric, json.dumps(top), time.time())
+        with self._queue:
+            self._pending.append(row)
+            self._queued += 1
+            ticket = self._queued
+            while self._done < ticket:
+                if self._writing:  # another thread is committing; ours goes into the next batch
+                    self._queue.wait()
+                    continue
+                batch, self._pending = self._pending, []
+                lo, hi = self._done + 1, self._queued
+                self._writing = True
+                self._queue.release()
+                error: BaseException | None = None
+                try:
+                    with self._lock, self._db:
+                        self._db.executemany(self._INSERT, batch)
+                except Exception as e:  # noqa: BLE001 - handed to every writer of the batch below
+                    error = e
+                finally:
+                    self._queue.acquire()
+                    self._writing = False
+                    self._done = hi
+                    if error is not None:
+                        self._failed.append((lo, hi, error))
+                    self._queue.notify_all()
+            for lo, hi, e in self._failed:
+                if lo <= ticket <= hi:
+                    raise sqlite3.OperationalError(f"could not write to the judge cache {str(self.path)!r}: {e}") from e
 
     def __len__(self) -> int:
         with self._lock:
@@ -219,11 +339,21 @@ class OpenAIJudge:
     carries) is judged with those rubrics instead, metric by metric.
 
     Failures: timeouts, connection errors, HTTP 429 and 5xx, and unparsable bodies are retried up to
-    ``max_retries`` times with exponential backoff (honouring ``Retry-After``); other 4xx and answers without
-    log-probabilities are not retried. With ``on_error="raise"`` (default) the first request that still
-    fails raises :class:`JudgeError` after the answers already received are cached; with ``"none"`` its
-    score is ``None``, the error is in ``meta["errors"]`` and a warning is issued. Prefer ``"raise"``: a
-    ``None`` coherent score counts as incoherent in the metrics.
+    ``max_retries`` times with exponential backoff (honouring ``Retry-After``); other 4xx (redirects
+    included: they are never followed), answers without log-probabilities and answers whose
+    log-probabilities are not finite numbers <= 0 are not retried. With ``on_error="raise"`` (default)
+    the first request that still fails raises :class:`JudgeError` after the answers already received
+    are cached; with ``"none"`` its score is ``None``, the error is in ``meta["errors"]`` and a warning
+    is issued. Prefer ``"raise"``: a ``None`` coherent score counts as incoherent in the metrics.
+
+    Ctrl-C (``KeyboardInterrupt``) during :meth:`judge` cancels the requests not yet sent, lets the
+    ones in flight (at most ``max_concurrency``) finish, keeps every answer received in the cache and
+    re-raises, so a re-run pays only for the rest.
+
+    The API key (``api_key=``, else the environment variable ``api_key_env``) is sent only over https
+    or to a loopback address: plain http to another host is refused unless ``allow_insecure=True``
+    (a trusted network). It is never shown in errors, ``repr``, :meth:`identity` or the cache.
+    All settings are checked here; a bad one raises :class:`~tl_persona.validate.BadInput` naming it.
     """
 
     def __init__(
@@ -243,82 +373,123 @@ class OpenAIJudge:
         max_concurrency: int = 8,
         cache: str | os.PathLike[str] | None = None,
         on_error: Literal["raise", "none"] = "raise",
+        allow_insecure: bool = False,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
-            raise ValueError(f"model must be the judge model's name (e.g. 'gpt-4o-2024-08-06'), got {model!r}.")
+            raise BadInput(f"model must be the judge model's name (e.g. 'gpt-4o-2024-08-06'), got {model!r}.")
         self.model = model
-        self.url = self._endpoint(base_url)
-        self.base_url = base_url
+        self._secret: _Secret | None = None  # set before anything can fail with a message to redact
+        if api_key_env is not None and not isinstance(api_key_env, str):
+            raise BadInput(f"api_key_env must be the name of an environment variable or None, got {api_key_env!r}.")
+        self.api_key_env = api_key_env
+        key_from = "api_key="
         if api_key is None and api_key_env:
             api_key = os.environ.get(api_key_env) or None
-        self._api_key = api_key
-        self.api_key_env = api_key_env
+            key_from = f"the environment variable {api_key_env}"
+        self._secret = self._check_key(api_key, key_from)
+        if not isinstance(allow_insecure, bool):
+            raise BadInput(f"allow_insecure must be True or False, got a {type(allow_insecure).__name__}.")
+        self.allow_insecure = allow_insecure
+        self.url, self._root = self._endpoint(base_url)
+        self.base_url = base_url
+        parts = urllib.parse.urlsplit(self.url)
+        host = parts.hostname or ""
+        if self._secret is not None and parts.scheme == "http" and not _is_loopback(host) and not allow_insecure:
+            raise BadInput(
+                f"base_url {self._redact(self._root)!r} is plain http to a host that is not loopback, so the API key "
+                f"(from {key_from}) would cross the network unencrypted; use https://, or a loopback address "
+                "(127.0.0.1, ::1, localhost), or pass allow_insecure=True on a trusted network "
+                "(or api_key_env=None if the server needs no key)."
+            )
         rubrics = dict(DEFAULT_RUBRICS if rubrics is None else rubrics)
         for metric in ("aligned", "coherent"):
             if metric not in rubrics:
-                raise ValueError(
+                raise BadInput(
                     f"rubrics needs an {metric!r} entry (got {sorted(rubrics)}); "
                     "start from DEFAULT_RUBRICS and replace what you need."
                 )
         for metric, text in rubrics.items():
             self._check_rubric(metric, text, "rubrics")
         self.rubrics: Mapping[str, str] = rubrics
-        if not 0.0 <= min_number_mass <= 1.0:
-            raise ValueError(f"min_number_mass must be in [0, 1] (default 0.25), got {min_number_mass!r}.")
-        self.min_number_mass = float(min_number_mass)
-        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or top_logprobs < 1:
-            raise ValueError(f"top_logprobs must be a positive integer (OpenAI allows up to 20), got {top_logprobs!r}.")
-        self.top_logprobs = top_logprobs
-        if not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
-        self.timeout = float(timeout)
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}.")
-        self.max_retries = max_retries
-        if backoff < 0 or max_backoff < 0:
-            raise ValueError(f"backoff and max_backoff must be >= 0 seconds, got {backoff!r} and {max_backoff!r}.")
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be a positive integer, got {max_concurrency!r}.")
-        self.max_concurrency = max_concurrency
-        if on_error not in ("raise", "none"):
-            raise ValueError(f"on_error must be 'raise' or 'none', got {on_error!r}.")
-        self.on_error = on_error
+        self.min_number_mass = probability(min_number_mass, "min_number_mass", fix="the default is 0.25")
+        self.top_logprobs = positive_int(top_logprobs, "top_logprobs", fix="OpenAI allows up to 20")
+        self.timeout = finite(timeout, "timeout", min=0.0, min_open=True, fix="seconds to wait for one answer, e.g. 60")
+        self.max_retries = nonneg_int(max_retries, "max_retries", fix="retries per request, e.g. 5")
+        self.backoff = finite(backoff, "backoff", min=0.0, fix="seconds before the first retry, e.g. 1.0")
+        self.max_backoff = finite(max_backoff, "max_backoff", min=0.0, fix="the longest wait between retries, e.g. 60")
+        self.max_concurrency = positive_int(max_concurrency, "max_concurrency", fix="requests in flight at once, e.g. 8")
+        self.on_error = one_of(on_error, "on_error", ("raise", "none"))
+        if cache is not None and not isinstance(cache, (str, os.PathLike)):
+            raise BadInput(f"cache must be a file path or None, got a {type(cache).__name__}.")
         self._cache = None if cache is None else _Cache(Path(cache))
-        host = urllib.parse.urlsplit(self.url).hostname or ""
         # Loopback servers (a local vLLM, the tests' mock) must never go through an environment proxy.
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(host) else []
+        handlers: list[Any] = [_NoRedirect()]
+        if _is_loopback(host):
+            handlers.append(urllib.request.ProxyHandler({}))
         self._opener = urllib.request.build_opener(*handlers)
         self._stats_lock = threading.Lock()
         self._stats = {"requests": 0, "retries": 0, "cache_hits": 0, "cache_misses": 0}
 
     # ----------------------------------------------------------------------------------------------
+    @property
+    def _api_key(self) -> str | None:
+        return None if self._secret is None else self._secret.reveal()
+
     @staticmethod
-    def _endpoint(base_url: str) -> str:
+    def _check_key(key: Any, key_from: str) -> _Secret | None:
+        if key is None:
+            return None
+        if not isinstance(key, str):
+            raise BadInput(f"the API key (from {key_from}) must be a string, got a {type(key).__name__}.")
+        key = key.strip()
+        if not key:
+            return None
+        if not all(33 <= ord(c) < 127 for c in key):
+            raise BadInput(
+                f"the API key (from {key_from}) has a character that cannot go in an HTTP header (a space, a "
+                "control character or a non-ASCII one); check it for a stray newline or quote (it is not shown here)."
+            )
+        return _Secret(key)
+
+    def _redact(self, text: str) -> str:
+        """``text`` with the API key (if any, and not trivially short) replaced by ``***``."""
+        key = self._api_key
+        return text.replace(key, "***") if key and len(key) >= 4 else text
+
+    def _endpoint(self, base_url: str) -> tuple[str, str]:
+        """The chat-completions endpoint and the normalised API root of ``base_url``."""
         if not isinstance(base_url, str):
-            raise ValueError(f"base_url must be a string such as 'https://api.openai.com/v1', got {base_url!r}.")
+            raise BadInput(f"base_url must be a string such as 'https://api.openai.com/v1', got {base_url!r}.")
         parts = urllib.parse.urlsplit(base_url.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(
+            raise BadInput(self._redact(
                 f"base_url {base_url!r} is not an http(s) URL; pass the API root, e.g. "
                 "'https://api.openai.com/v1' or 'http://127.0.0.1:8000/v1' (the judge appends /chat/completions)."
+            ))
+        if "@" in parts.netloc:
+            raise BadInput(
+                "base_url has user:password@ credentials in it (not shown here); take them out and pass the key "
+                "as api_key= or in the environment variable named by api_key_env."
             )
         try:
             parts.port
         except ValueError:
-            raise ValueError(f"base_url {base_url!r} has an invalid port; use e.g. 'http://127.0.0.1:8000/v1'.") from None
+            raise BadInput(
+                self._redact(f"base_url {base_url!r} has an invalid port; use e.g. 'http://127.0.0.1:8000/v1'.")
+            ) from None
         path = parts.path.rstrip("/")
-        if not path.endswith("/chat/completions"):
-            path += "/chat/completions"
-        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+        if path.endswith("/chat/completions"):
+            path = path[: -len("/chat/completions")]
+        root = urllib.parse.urlunsplit((parts.scheme, parts.netloc.lower(), path, parts.query, ""))
+        url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path + "/chat/completions", parts.query, ""))
+        return url, root
 
     @staticmethod
     def _check_rubric(metric: Any, text: Any, where: str) -> None:
         if not isinstance(metric, str) or not isinstance(text, str):
-            raise ValueError(f"{where} must map metric names to rubric text, got {metric!r}: {type(text).__name__}.")
+            raise BadInput(f"{where} must map metric names to rubric text, got {metric!r}: {type(text).__name__}.")
         if "{answer}" not in text:
-            raise ValueError(
+            raise BadInput(
                 f"{where}[{metric!r}] has no {{answer}} placeholder; put {{answer}} (and {{question}}) "
                 "where the judged answer (and question) should go."
             )
@@ -345,7 +516,28 @@ class OpenAIJudge:
 
     def __repr__(self) -> str:
         cache = None if self._cache is None else str(self._cache.path)
-        return f"OpenAIJudge(model={self.model!r}, url={self.url!r}, cache={cache!r})"
+        return self._redact(f"OpenAIJudge(model={self.model!r}, url={self.url!r}, cache={cache!r})")
+
+    def identity(self) -> dict[str, Any]:
+        """What defines this judge's scores, JSON-able, for fingerprints: the class, the model, the API
+        root (``base_url``, normalised), the SHA-256 of each rubric's text and the scoring settings.
+        Never the API key (nor whether there is one). Rubrics that items carry in
+        ``meta["judge_prompts"]`` are part of the items, not of the judge."""
+        t = type(self)
+        return {
+            "class": f"{t.__module__}.{t.__qualname__}",
+            "model": self.model,
+            "base_url": self._redact(self._root),
+            "rubrics": {m: hashlib.sha256(text.encode("utf-8")).hexdigest() for m, text in sorted(self.rubrics.items())},
+            "scoring": {
+                "min_number_mass": self.min_number_mass,
+                "top_logprobs": self.top_logprobs,
+                "max_tokens": 1,
+                "temperature": 0,
+                "on_error": self.on_error,
+                "cache_version": _CACHE_VERSION,
+            },
+        }
 
     # ----------------------------------------------------------------------------------------------
     def _payload(self, prompt: str) -> dict[str, Any]:
@@ -363,77 +555,125 @@ class OpenAIJudge:
         blob = json.dumps([_CACHE_VERSION, payload], sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        base = min(self.max_backoff, self.backoff * (2.0**attempt))
+    def _delay(self, attempt: int, retry_after: float | None, backoff: float, max_backoff: float) -> float:
+        base = min(max_backoff, backoff * (2.0**attempt))
         delay = base * (0.5 + 0.5 * random.random())
         if retry_after is not None:
-            delay = max(delay, min(retry_after, self.max_backoff))
+            delay = max(delay, min(retry_after, max_backoff))
         return delay
 
-    def _post(self, payload: Mapping[str, Any], abort: threading.Event) -> list[list[Any]]:
-        """Send one request with retries; return the top log-probabilities as ``[[token, logprob], ...]``."""
+    def _post(
+        self,
+        payload: Mapping[str, Any],
+        abort: threading.Event,
+        *,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        max_backoff: float | None = None,
+    ) -> list[list[Any]]:
+        """Send one request with retries; return the top log-probabilities as ``[[token, logprob], ...]``.
+
+        Every :class:`JudgeError` raised has the API key redacted from its message."""
+        try:
+            return self._post_raw(payload, abort, max_retries, timeout, max_backoff)
+        except JudgeError as e:
+            msg = str(e)
+            clean = self._redact(msg)
+            if clean != msg:
+                detail = None if e.detail is None else self._redact(e.detail)
+                raise type(e)(clean, reason=e.reason, status=e.status, detail=detail) from None
+            raise
+
+    def _post_raw(
+        self,
+        payload: Mapping[str, Any],
+        abort: threading.Event,
+        max_retries: int | None,
+        timeout: float | None,
+        max_backoff: float | None,
+    ) -> list[list[Any]]:
+        timeout = self.timeout if timeout is None else timeout
+        max_backoff = self.max_backoff if max_backoff is None else max_backoff
         body = json.dumps(payload).encode("utf-8")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
         last = ""
+        reason: str | None = None
+        status: int | None = None
         retry_after: float | None = None
-        attempts = self.max_retries + 1
+        attempts = (self.max_retries if max_retries is None else max_retries) + 1
         for attempt in range(attempts):
             if attempt:
                 self._count("retries")
-                if abort.wait(self._delay(attempt - 1, retry_after)):
+                if abort.wait(self._delay(attempt - 1, retry_after, self.backoff, max_backoff)):
                     raise _Aborted("cancelled after another request failed")
             if abort.is_set():
                 raise _Aborted("cancelled after another request failed")
             retry_after = None
             self._count("requests")
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            if self._secret is not None:
+                # unredirected: never copied onto a redirect (which _NoRedirect refuses anyway)
+                request.add_unredirected_header("Authorization", f"Bearer {self._secret.reveal()}")
             try:
-                with self._opener.open(request, timeout=self.timeout) as response:
+                with self._opener.open(request, timeout=timeout) as response:
                     raw = response.read()
             except urllib.error.HTTPError as e:
                 detail = _error_detail(e)
                 if e.code == 429 or e.code >= 500:
-                    last = f"HTTP {e.code} {detail}"
+                    last, reason, status = f"HTTP {e.code} {detail}", "http", e.code
                     retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
                     continue
-                raise JudgeError(self._http_hint(e.code, detail)) from None
+                location = e.headers.get("Location") if e.headers and 300 <= e.code < 400 else None
+                raise JudgeError(self._http_hint(e.code, detail, location), reason="http", status=e.code) from None
             except (TimeoutError, socket.timeout) as e:
-                last = f"no answer within timeout={self.timeout}s ({e})"
+                last, reason = f"no answer within timeout={timeout:g}s ({e})", "timeout"
                 continue
             except urllib.error.URLError as e:
                 if isinstance(e.reason, (TimeoutError, socket.timeout)):
-                    last = f"no answer within timeout={self.timeout}s ({e.reason})"
+                    last, reason = f"no answer within timeout={timeout:g}s ({e.reason})", "timeout"
                 else:
-                    last = f"connection failed ({e.reason})"
+                    last, reason = f"connection failed ({e.reason})", "connection"
                 continue
             except (ConnectionError, http.client.HTTPException, OSError) as e:
-                last = f"connection failed ({type(e).__name__}: {e})"
+                last, reason = f"connection failed ({type(e).__name__}: {e})", "connection"
                 continue
             try:
                 data = json.loads(raw)
             except ValueError:
-                last = f"the body is not valid JSON (starts {raw[:80]!r})"
+                last, reason = f"the body is not valid JSON (starts {raw[:80]!r})", "body"
                 continue
             return _top_logprobs(data, self.url)
         raise JudgeError(
             f"judge request to {self.url} failed after {attempts} attempt(s): {last}. "
             "Check that the server is up and base_url is right; raise timeout= or max_retries=, "
-            "or lower max_concurrency if the server is overloaded."
+            "or lower max_concurrency if the server is overloaded.",
+            reason=reason,
+            status=status,
+            detail=f"{last} ({attempts} attempt(s))",
         )
 
-    def _post_or_abort(self, payload: Mapping[str, Any], abort: threading.Event) -> list[list[Any]]:
-        """:meth:`_post`, but a failure under ``on_error="raise"`` stops the requests not yet sent at once."""
+    def _fetch(self, key: str, metric: str, payload: Mapping[str, Any], abort: threading.Event) -> list[list[Any]]:
+        """:meth:`_post`, then the answer goes into the cache at once (in this worker thread, so an answer
+        that arrives after Ctrl-C is kept too). A failure under ``on_error="raise"`` stops the requests
+        not yet sent."""
         try:
-            return self._post(payload, abort)
+            top = self._post(payload, abort)
         except JudgeError:
             if self.on_error == "raise":
                 abort.set()
             raise
+        if self._cache is not None:
+            self._cache.put(key, self.model, metric, top)
+        return top
 
-    def _http_hint(self, code: int, detail: str) -> str:
+    def _http_hint(self, code: int, detail: str, location: str | None = None) -> str:
         msg = f"judge request to {self.url} was rejected with HTTP {code} {detail}"
+        if 300 <= code < 400:
+            where = f" to {location[:200]}" if location else ""
+            return msg + (
+                f". The server redirects{where}; redirects are not followed (the request carries the API key): "
+                "pass the final address as base_url."
+            )
         if code in (401, 403):
             where = f"the environment variable {self.api_key_env}" if self.api_key_env else "api_key="
             return msg + f". Check the API key: pass api_key= or set {where}."
@@ -447,27 +687,68 @@ class OpenAIJudge:
             f"top_logprobs={self.top_logprobs} or model {self.model!r}."
         )
 
+    def probe(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """One cheap request (the aligned rubric on a fixed one-line item, one token, no cache), so that a
+        command can fail in seconds on a dead URL, a wrong key or a server without logprobs.
+
+        At most one retry (none with ``max_retries=0``) and a short timeout (``timeout``, default
+        ``min(self.timeout, 10)`` seconds), backoff capped at 0.5 s. Returns ``{"url", "model", "seconds", "top_token", "number_mass"}``;
+        raises :class:`JudgeError` with a one-line message naming the URL and the fix.
+        """
+        t = min(self.timeout, 10.0) if timeout is None else finite(timeout, "timeout", min=0.0, min_open=True)
+        payload = self._payload(render_rubric(self.rubrics["aligned"], _PROBE_ITEM.question, _PROBE_ITEM.answer))
+        t0 = time.monotonic()
+        try:
+            top = self._post(payload, threading.Event(), max_retries=min(1, self.max_retries), timeout=t,
+                             max_backoff=min(self.max_backoff, 0.5))
+        except JudgeError as e:
+            fixes = {
+                "connection": "is the judge server running? Start it, or pass the right base_url (the API root, "
+                "e.g. 'http://127.0.0.1:8000/v1')",
+                "timeout": f"check that the server is up and not overloaded, or pass probe(timeout=...) above {t:g}s",
+                "http": "the server is up but refusing (rate limit, overload) or failing; check its logs",
+                "body": "is base_url an OpenAI-compatible chat-completions API root?",
+            }
+            if e.detail is not None and e.reason in fixes:  # the retries ran out: say what failed and the fix
+                msg = f"judge server {self.url} failed the probe: {e.detail}; {fixes[e.reason]}."
+            else:  # a refusal that already names the URL and the fix (401, 404, no logprobs, ...)
+                msg = f"judge probe failed: {e}"
+            raise JudgeError(" ".join(self._redact(msg).split()), reason=e.reason, status=e.status, detail=e.detail) from None
+        probs = number_probabilities(top)
+        return {
+            "url": self._redact(self.url),
+            "model": self.model,
+            "seconds": time.monotonic() - t0,
+            "top_token": max(top, key=lambda e: e[1])[0].strip() if top else None,
+            "number_mass": sum(probs.values()),
+        }
+
     # ----------------------------------------------------------------------------------------------
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgement]:
         """Score each item's answer on every rubric; one :class:`Judgement` per item, in order.
 
         Cached answers are reused without a request; the others are sent at most ``max_concurrency`` at
-        a time, and identical requests within one call are sent once. ``meta`` holds, per metric, the
-        number mass (``number_mass``), the judge's most likely token (``top_token``) and any error.
+        a time, and identical requests within one call are sent once; each answer goes into the cache as
+        it arrives. ``meta`` holds, per metric, the number mass (``number_mass``), the judge's most likely
+        token (``top_token``) and any error.
+
+        On Ctrl-C (``KeyboardInterrupt``) the requests not yet sent are cancelled, retries stop, the
+        requests in flight (at most ``max_concurrency``) finish into the cache, and the interrupt is
+        re-raised; a second Ctrl-C stops waiting for them.
         """
         items = list(items)
         plans: list[dict[str, str]] = []  # per item: metric -> request key
         requests: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (metric, payload)
         for i, item in enumerate(items):
             if not isinstance(item, JudgeItem):
-                raise ValueError(f"items[{i}] is a {type(item).__name__}; wrap it as JudgeItem(question=..., answer=...).")
+                raise BadInput(f"items[{i}] is a {type(item).__name__}; wrap it as JudgeItem(question=..., answer=...).")
             if not isinstance(item.question, str) or not isinstance(item.answer, str):
-                raise ValueError(f"items[{i}]: question and answer must be strings.")
+                raise BadInput(f"items[{i}]: question and answer must be strings.")
             rubrics = dict(self.rubrics)
             override = item.meta.get("judge_prompts") if isinstance(item.meta, Mapping) else None
             if override:
                 if not isinstance(override, Mapping):
-                    raise ValueError(f"items[{i}].meta['judge_prompts'] must map metric names to rubric text.")
+                    raise BadInput(f"items[{i}].meta['judge_prompts'] must map metric names to rubric text.")
                 for metric, text in override.items():
                     self._check_rubric(metric, text, f"items[{i}].meta['judge_prompts']")
                 rubrics.update(override)
@@ -493,10 +774,14 @@ class OpenAIJudge:
         first_error: JudgeError | None = None
         if missing:
             abort = threading.Event()
-            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(missing))) as pool:
-                futures: dict[Future[list[list[Any]]], str] = {
-                    pool.submit(self._post_or_abort, requests[key][1], abort): key for key in missing
-                }
+            pool = ThreadPoolExecutor(
+                max_workers=min(self.max_concurrency, len(missing)), thread_name_prefix="tl-persona-judge"
+            )
+            futures: dict[Future[list[list[Any]]], str] = {}
+            try:
+                for key in missing:
+                    metric, payload = requests[key]
+                    futures[pool.submit(self._fetch, key, metric, payload, abort)] = key
                 for fut in as_completed(futures):
                     key = futures[fut]
                     try:
@@ -514,8 +799,14 @@ class OpenAIJudge:
                         results[key] = e
                         continue
                     results[key] = top
-                    if self._cache is not None:
-                        self._cache.put(key, self.model, requests[key][0], top)
+            except BaseException:
+                # Ctrl-C (KeyboardInterrupt) or any other escape: send nothing more and stop retrying; the
+                # requests in flight (at most max_concurrency) finish below and their workers cache them.
+                abort.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            finally:
+                pool.shutdown(wait=True)
         if first_error is not None:
             raise first_error
 
@@ -581,19 +872,23 @@ def _retry_after(value: str | None) -> float | None:
 def _top_logprobs(data: Any, url: str) -> list[list[Any]]:
     """Pull the first generated token's top log-probabilities out of a chat-completions answer."""
     if not isinstance(data, Mapping):
-        raise JudgeError(f"judge server {url} returned JSON that is not an object: {str(data)[:200]}")
+        raise JudgeError(f"judge server {url} returned JSON that is not an object: {str(data)[:200]}", reason="body")
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
         err = data.get("error")
         hint = f" The server says: {err}." if err else ""
-        raise JudgeError(f"judge server {url} returned no 'choices'.{hint} Is this an OpenAI-compatible chat-completions endpoint?")
+        raise JudgeError(
+            f"judge server {url} returned no 'choices'.{hint} Is this an OpenAI-compatible chat-completions endpoint?",
+            reason="body",
+        )
     logprobs = choices[0].get("logprobs")
     content = logprobs.get("content") if isinstance(logprobs, Mapping) else None
     if not isinstance(content, list) or not content or not isinstance(content[0], Mapping):
         raise JudgeError(
             f"judge server {url} returned no token log-probabilities (choices[0].logprobs.content is missing). "
             "The judge needs an endpoint and model that support logprobs=true with top_logprobs "
-            "(OpenAI chat models, vLLM, SGLang, llama.cpp server)."
+            "(OpenAI chat models, vLLM, SGLang, llama.cpp server).",
+            reason="body",
         )
     first = content[0]
     entries = first.get("top_logprobs") or [{"token": first.get("token"), "logprob": first.get("logprob")}]
@@ -601,7 +896,15 @@ def _top_logprobs(data: Any, url: str) -> list[list[Any]]:
     for e in entries:
         token = e.get("token") if isinstance(e, Mapping) else None
         logprob = e.get("logprob") if isinstance(e, Mapping) else None
-        if not isinstance(token, str) or isinstance(logprob, bool) or not isinstance(logprob, (int, float)) or math.isnan(logprob):
-            raise JudgeError(f"judge server {url} returned a malformed top_logprobs entry: {str(e)[:200]}")
+        if not isinstance(token, str):
+            raise JudgeError(f"judge server {url} returned a malformed top_logprobs entry: {str(e)[:200]}", reason="body")
+        problem = _logprob_problem(logprob)
+        if problem is not None:
+            raise JudgeError(
+                f"judge server {url} returned an impossible log-probability for token {token[:40]!r}: "
+                f"{str(logprob)[:40]} {problem}. A log-probability is a finite number <= 0; this answer is not "
+                "used (not retried). Check the server (its logprobs output) or the proxy in front of it.",
+                reason="body",
+            )
         top.append([token, float(logprob)])
     return top
