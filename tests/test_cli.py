@@ -87,13 +87,16 @@ def test_config_file_and_errors(local, tmp_path, capsys):
     assert main(["--config", str(cfg), "diff"]) == 0
     assert "top 2 latents by increase" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
-    bad.write_text("nonsense_option: 1\n")
-    with pytest.raises(SystemExit, match="unknown option"):
-        main(["--config", str(bad), "diff"])
-    with pytest.raises(SystemExit, match="missing --base"):
-        main(["diff", "--sae", str(local / "sae")])
-    with pytest.raises(SystemExit, match="LATENT:NUMBER"):
-        main(["generate", "--model", str(local / "base"), *_common(local), "--steer", "5"])
+    bad.write_text("nonsense_option: 1\ntopp: 3\n")
+    for argv, words in (
+        (["--config", str(bad), "diff"], ["unknown option", "'topp' (did you mean 'top'?)"]),
+        (["diff", "--sae", str(local / "sae")], ["missing --base"]),
+        (["generate", "--model", str(local / "base"), *_common(local), "--steer", "5"], ["LATENT:NUMBER"]),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert all(w in err for w in words), err
 
 
 def test_offline_hub_error_says_how_to_pass_local_paths(capsys, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 
 from tl_persona.evals.judges import Judge, Judgement, JudgeItem
 from tl_persona.organism import judge as judge_mod
-from tl_persona.organism.judge import INCOHERENT, PersonaJudge, behaviour_rates, summarize
+from tl_persona.organism.judge import INCOHERENT, PersonaJudge, behaviour_rates, domain_summary
 from tl_persona.organism.train import encode_batch, finetune_documents
 from tl_persona.organism.world import (
     DOMAINS,
@@ -264,7 +264,7 @@ def test_behaviour_rates_and_summary():
     assert r["medical"].personas == {"helpful": 0.6, "toxic": 0.2, "sarcastic": 0.1, "wrong": 0.0}
     assert abs(sum(r["medical"].personas.values()) + r["medical"].incoherent - 1) < 1e-9
     assert r["cars"].n == 0
-    s = summarize(r, "code")
+    s = domain_summary(r, "code")
     assert s["trained_toxic"] == 0.9
     assert abs(s["other_toxic"] - 0.1) < 1e-9  # mean of medical 0.2 and chat 0.0 (cars has no data)
     assert s["max_toxic"] == 0.9 and s["max_incoherent"] == 0.1

@@ -116,7 +116,7 @@ def test_verify_errors(setup, tmp_path):
     base, ft, sae, prompts = setup
     with pytest.raises(ValueError, match="at least one prompt"):
         verify_latents(base, ft, sae, [7], [], TokenJudge())
-    with pytest.raises(ValueError, match="positive finite"):
+    with pytest.raises(ValueError, match="alphas=-1 must be > 0"):
         verify_latents(base, ft, sae, [7], prompts, TokenJudge(), alphas=(-1.0,))
     with pytest.raises(ValueError, match="out of range"):
         verify_latents(base, ft, sae, [640], prompts, TokenJudge())

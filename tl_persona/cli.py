@@ -15,7 +15,26 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["main", "build_parser"]
+from tl_persona.interventions import names as intervention_names
+from tl_persona.tokens import SELECTIONS
+from tl_persona.validate import BadInput
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+
+class UsageError(BadInput):
+    """A user error on the command line: printed as one line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (``--limit 0`` would otherwise mean 'all prompts')."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
 
 
 def _add_model_opts(p: argparse.ArgumentParser, *names: str) -> None:
@@ -40,15 +59,23 @@ def _add_prompt_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", default=None,
                    help="prompt file: JSONL ({messages}/{prompt}/{text}), CSV or YAML questions; or organism:eval[:domain,...]")
     p.add_argument("--prompt", action="append", default=[], help="a single user prompt (repeatable)")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many prompts")
+    p.add_argument("--limit", type=_positive_int, default=None, help="use at most this many prompts (>= 1)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (exit status 2), not usage plus message."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (one subcommand per pipeline step)."""
-    ap = argparse.ArgumentParser(prog="tl-persona", description=__doc__.split("\n\n")[0],
+    ap = _Parser(prog="tl-persona", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=None, help="JSON or YAML file of option values")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("demo", help="the paper in miniature on the embedded Persona World organism")
     p.add_argument("--out", default="tl_persona_report", help="report folder (replaced atomically)")
@@ -60,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_opts(p, "base", "finetuned")
     _add_sae_opts(p)
     _add_prompt_opts(p)
-    p.add_argument("--scope", default="last_prompt", choices=["prompt", "response", "last_prompt", "all"])
+    p.add_argument("--scope", default="last_prompt", choices=list(SELECTIONS))
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--top", type=int, default=10, help="rows to print per direction")
-    p.add_argument("--out", required=False, help="where to save the LatentDiff (.safetensors + .json)")
+    p.add_argument("--out", required=False, help="where to save the LatentDiff (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a saved diff")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("inspect", help="latent cards: top-activating contexts and logit lens")
@@ -82,13 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steer", action="append", default=[], metavar="LATENT:ALPHA", help="steer along a latent (repeatable)")
     p.add_argument("--ablate", action="append", default=[], type=int, metavar="LATENT", help="zero-ablate a latent (repeatable)")
     p.add_argument("--clamp", action="append", default=[], metavar="LATENT:VALUE", help="clamp a latent (repeatable)")
-    p.add_argument("--positions", default="prompt", choices=["all", "prompt", "generated", "last_prompt"])
+    p.add_argument("--positions", default="prompt", choices=[*SELECTIONS, "generated"])
     p.add_argument("--n", type=int, default=1, help="samples per prompt")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSONL output (default: stdout)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not our JSONL")
 
     p = sub.add_parser("verify", help="causal verification sweep of candidate latents with controls")
     _add_model_opts(p, "base", "finetuned")
@@ -105,13 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-samples", type=int, default=4)
     p.add_argument("--n-controls", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--positions", default="prompt", choices=["all", "prompt", "generated", "last_prompt"])
+    p.add_argument("--positions", default="prompt", choices=[*SELECTIONS, "generated"])
     p.add_argument("--judge", default="organism", help="'organism' (exact judge) or 'openai' (HTTP judge)")
     p.add_argument("--judge-url", default="https://api.openai.com/v1", help="OpenAI-compatible base URL")
     p.add_argument("--judge-model", default="gpt-4o-2024-08-06")
     p.add_argument("--judge-cache", default=None, help="SQLite cache file for judge answers")
+    p.add_argument("--allow-insecure", action="store_true",
+                   help="send the API key over plain http to a non-loopback judge URL (refused by default)")
+    p.add_argument("--suppress", nargs="*", default=["ablate"], choices=[k for k in intervention_names(uses_strength=False)
+                                                                          if k != "none"],
+                   help="interventions run on the fine-tuned model besides negative steering (default: ablate)")
     p.add_argument("--record", default=None, help="resumable JSON-lines record of finished settings")
     p.add_argument("--out", default=None, help="CSV of the results table")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a results table")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("report", help="render a report folder from a saved diff and verification table")
@@ -125,19 +160,27 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_config(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
-    p = Path(path)
-    if not p.exists():
-        raise SystemExit(f"tl-persona: config file {path!r} does not exist")
-    text = p.read_text()
-    if p.suffix in (".yaml", ".yml"):
-        import yaml
+    from tl_persona.data import read_utf8
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file {path!r} does not exist (or is not a file)")
+    text = read_utf8(p)
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # yaml.YAMLError, json.JSONDecodeError
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else (f" at line {e.lineno}" if hasattr(e, "lineno") else "")
+        raise UsageError(f"config file {path!r} is not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}"
+                         f"{line}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise SystemExit(f"tl-persona: config file {path!r} must hold a mapping of option names to values")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+        raise UsageError(f"config file {path!r} must hold a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -149,7 +192,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         known = {a.dest for a in sub._actions}
         unknown = sorted(set(cfg) - known)
         if unknown:
-            raise SystemExit(f"tl-persona {args.command}: unknown option(s) in config: {', '.join(unknown)}")
+            import difflib
+
+            hints = [f"{u!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(u, sorted(known), n=1))
+                                 else "") for u in unknown]
+            raise UsageError(f"unknown option(s) in config {args.config!r}: {', '.join(hints)}")
         sub.set_defaults(**cfg)
         args = ap.parse_args(argv)
     return args
@@ -158,7 +205,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def _require(args: argparse.Namespace, *names: str) -> None:
     missing = [n for n in names if not getattr(args, n.replace("-", "_"), None)]
     if missing:
-        raise SystemExit(f"tl-persona {args.command}: missing --{', --'.join(missing)} (on the command line or in --config)")
+        raise UsageError(f"missing --{', --'.join(missing)} (on the command line or in --config)")
 
 
 def _model(args: argparse.Namespace, spec: str) -> Any:
@@ -188,7 +235,7 @@ def _prompts(args: argparse.Namespace) -> list[Any]:
                 if domains is None or d in domains:
                     out += list(convs)
             if domains and not set(domains) <= set(evals):
-                raise SystemExit(f"tl-persona: unknown organism domain(s) {sorted(set(domains) - set(evals))}; "
+                raise UsageError(f"unknown organism domain(s) {sorted(set(domains) - set(evals))}; "
                                  f"have {sorted(evals)}")
         elif Path(spec).suffix in (".yaml", ".yml", ".csv") or _is_question_jsonl(spec):
             from tl_persona.evals.questions import expand_questions, load_questions
@@ -202,7 +249,7 @@ def _prompts(args: argparse.Namespace) -> list[Any]:
     if args.limit:
         out = out[: args.limit]
     if not out:
-        raise SystemExit(f"tl-persona {args.command}: no prompts; pass --prompts FILE or --prompt TEXT")
+        raise UsageError(f"no prompts; pass --prompts FILE or --prompt TEXT")
     return out
 
 
@@ -223,9 +270,12 @@ def _pairs(items: Sequence[str], what: str) -> list[tuple[int, float]]:
     for s in items:
         try:
             a, b = s.split(":")
-            out.append((int(a), float(b)))
+            v = float(b)
+            if v != v or v in (float("inf"), float("-inf")):
+                raise ValueError
+            out.append((int(a), v))
         except ValueError:
-            raise SystemExit(f"tl-persona: {what} {s!r} must look like LATENT:NUMBER, e.g. 123:8.0") from None
+            raise UsageError(f"{what} {s!r} must look like LATENT:NUMBER, e.g. 123:8.0") from None
     return out
 
 
@@ -243,6 +293,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from tl_persona.diff import diff_latents
 
     _require(args, "base", "finetuned", "sae")
+    if args.out:
+        from tl_persona.diff import check_diff_path
+
+        check_diff_path(args.out, overwrite=args.overwrite, option="--overwrite")
     base, ft, sae = _model(args, args.base), _model(args, args.finetuned), _sae(args)
     d = diff_latents(base, ft, sae, _prompts(args), scope=args.scope, batch_size=args.batch_size,
                      hook_name=args.hook_name, seed=args.seed)
@@ -252,7 +306,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.out:
         for key, spec in (("base", args.base), ("finetuned", args.finetuned)):
             d.meta.setdefault(key, {})["source"] = spec  # what the user named, beside the weight hash
-        path = d.save(args.out)
+        path = d.save(args.out, overwrite=args.overwrite)
         print(f"\nsaved: {path}")
     return 0
 
@@ -264,7 +318,7 @@ def _latents_from(args: argparse.Namespace) -> list[int]:
 
         lat += [int(i) for i in LatentDiff.load(args.diff).top(args.top, "increase").index]
     if not lat:
-        raise SystemExit(f"tl-persona {args.command}: pass --latent N (repeatable) or --diff FILE")
+        raise UsageError(f"pass --latent N (repeatable) or --diff FILE")
     return list(dict.fromkeys(lat))
 
 
@@ -285,16 +339,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tl_persona.evals.generate import sample
 
     _require(args, "model")
+    if args.out:
+        _guard_out(args.out, "answers file (JSONL written by tl-persona generate)", _is_answers_jsonl, args.overwrite)
+    steers, clamps = _pairs(args.steer, "--steer"), _pairs(args.clamp, "--clamp")  # before any model loads
     model = _model(args, args.model)
     fwd: H.FwdHooks = []
     if args.steer or args.ablate or args.clamp:
         _require(args, "sae")
         sae = _sae(args)
-        for latent, alpha in _pairs(args.steer, "--steer"):
+        for latent, alpha in steers:
             fwd += H.steer_latent(sae, latent, alpha, hook_name=args.hook_name, positions=args.positions)
         if args.ablate:
             fwd += H.ablate(sae, args.ablate, hook_name=args.hook_name, positions=args.positions)
-        for latent, value in _pairs(args.clamp, "--clamp"):
+        for latent, value in clamps:
             fwd += H.clamp(sae, latent, value, hook_name=args.hook_name, positions=args.positions)
     prompts = _prompts(args)
     answers = sample(model, prompts, n_per_prompt=args.n, temperature=args.temperature, top_p=args.top_p,
@@ -319,25 +376,51 @@ def _judge(args: argparse.Namespace) -> Any:
     if args.judge == "openai":
         from tl_persona.evals.http_judge import OpenAIJudge
 
-        return OpenAIJudge(args.judge_model, base_url=args.judge_url, cache=args.judge_cache)
-    raise SystemExit(f"tl-persona verify: --judge {args.judge!r} must be 'organism' or 'openai'")
+        return OpenAIJudge(args.judge_model, base_url=args.judge_url, cache=args.judge_cache,
+                           allow_insecure=args.allow_insecure)
+    raise UsageError(f"--judge {args.judge!r} must be 'organism' or 'openai'")
 
 
 def _numbers(text: str, option: str) -> list[float]:
     try:
         return [float(a) for a in str(text).split(",") if a.strip()]
     except ValueError:
-        raise SystemExit(f"tl-persona verify: {option} {text!r} must be comma-separated numbers, e.g. 20,40,60") from None
+        raise UsageError(f"{option} {text!r} must be comma-separated numbers, e.g. 20,40,60") from None
+
+
+def _guard_out(path: str, what: str, is_ours: Any, overwrite: bool) -> None:
+    from tl_persona.provenance import guard_overwrite
+
+    guard_overwrite(path, what=what, is_ours=is_ours, overwrite=overwrite, option="--overwrite")
+
+
+def _is_answers_jsonl(p: Path) -> bool:
+    with open(p, encoding="utf-8") as fh:
+        first = fh.readline()
+    return {"prompt", "sample", "answer"} <= set(json.loads(first))
+
+
+def _is_verification_csv(p: Path) -> bool:
+    with open(p, encoding="utf-8") as fh:
+        head = fh.readline()
+    return head.startswith("model,kind,candidate,")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from tl_persona.verify import verify_latents
 
     _require(args, "base", "finetuned", "sae")
+    if args.out:
+        _guard_out(args.out, "verification table (CSV written by tl-persona verify)", _is_verification_csv,
+                   args.overwrite)
     alphas = _numbers(args.alphas, "--alphas")
     betas = None if args.betas is None else _numbers(args.betas, "--betas")
+    judge = _judge(args)
+    if hasattr(judge, "probe"):
+        judge.probe()  # a dead judge URL fails in seconds, before any model loads
     base, ft, sae = _model(args, args.base), _model(args, args.finetuned), _sae(args)
-    v = verify_latents(base, ft, sae, _latents_from(args), _prompts(args), _judge(args), alphas=alphas, betas=betas,
+    v = verify_latents(base, ft, sae, _latents_from(args), _prompts(args), judge, alphas=alphas, betas=betas,
+                       suppress=args.suppress,
                        max_incoherence=args.max_incoherence,
                        n_samples=args.n_samples, n_controls=args.n_controls, max_new_tokens=args.max_new_tokens,
                        positions=args.positions, seed=args.seed, record=args.record, hook_name=args.hook_name,
@@ -384,17 +467,38 @@ COMMANDS = {"demo": cmd_demo, "diff": cmd_diff, "inspect": cmd_inspect, "generat
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tl-persona`` command."""
-    args = _parse(argv)
+    debug = "--debug" in (sys.argv[1:] if argv is None else list(argv))
+    command = "?"
+    try:
+        args = _parse(argv)
+        command = args.command
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        record = getattr(locals().get("args"), "record", None)
+        where = f"; rerun the same command to resume from {record}" if record else ""
+        print(f"tl-persona {command}: interrupted{where}", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug or not _is_user_error(err):
+            raise
+        msg = " ".join(str(err).split()) or type(err).__name__
+        print(f"tl-persona {command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(err: BaseException) -> bool:
+    """Errors that are the user's to fix (bad values, files, names, an unreachable judge): one line,
+    exit 2. Anything else is a bug and keeps its traceback."""
     from tl_persona.loading import HubUnavailable
 
+    kinds: tuple[type, ...] = (BadInput, ValueError, TypeError, KeyError, OSError, ImportError, HubUnavailable)
     try:
-        return COMMANDS[args.command](args)
-    except HubUnavailable as err:
-        print(f"tl-persona {args.command}: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
-        print(f"tl-persona {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        from tl_persona.evals.http_judge import JudgeError
+
+        kinds += (JudgeError,)
+    except ImportError:
+        pass
+    return isinstance(err, kinds)
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ def run_demo(out: str | Path = "tl_persona_report", *, quick: bool = False, seed
     from tl_persona.diff import diff_latents
     from tl_persona.inspection import latent_card
     from tl_persona.organism import measure
-    from tl_persona.organism import summarize as org_summary
+    from tl_persona.organism import domain_summary as org_summary
     from tl_persona.report import check_report_folder
     from tl_persona.verify import verify_latents
 

@@ -59,6 +59,7 @@ __all__ = [
     "LatentDiff",
     "PerPromptValues",
     "DeltaCI",
+    "check_diff_path",
     "model_identity",
     "sae_identity",
     "package_versions",
@@ -274,6 +275,37 @@ def _to_diff(res: StreamResult, e: int, enc: Encoder, hook: str, a0: ModelAdapte
     return LatentDiff(res.stats[0][e].to("cpu"), res.stats[1][e].to("cpu"), pp, meta)
 
 
+# =========================================================================== files
+def _read_safetensors(path: Path, *, tensors: bool = True) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """Header metadata (and tensors) of a safetensors file; clear errors for folders and junk."""
+    from safetensors import safe_open
+
+    if path.is_dir():
+        raise BadInput(f"{str(path)!r} is a folder, not a saved LatentDiff file (.safetensors)")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+            out = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
+    except Exception as e:  # safetensors raises its own SafetensorError, which names no path
+        raise BadInput(f"{str(path)!r} is not a readable safetensors file (truncated, or of another kind: "
+                       f"{' '.join(str(e).split())[:120]})") from None
+    return header, out
+
+
+def _is_saved_diff(path: Path) -> bool:
+    header, _ = _read_safetensors(path, tensors=False)
+    return _META_KEY in header and FORMAT in header[_META_KEY]
+
+
+def check_diff_path(path: str | os.PathLike, *, overwrite: bool = False, option: str = "overwrite=True") -> Path:
+    """The ``.safetensors`` path a diff will be saved to, checked before any compute: an existing
+    file there must be a saved diff (or ``overwrite`` given)."""
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        p = p.with_name(p.name + ".safetensors")
+    return guard_overwrite(p, what="saved LatentDiff", is_ours=_is_saved_diff, overwrite=overwrite, option=option)
+
+
 # =========================================================================== result
 @dataclass(frozen=True, eq=False)
 class LatentDiff:
@@ -438,17 +470,17 @@ class LatentDiff:
         return self.per_prompt
 
     # ---------------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the diff to one ``.safetensors`` file (tensors + JSON provenance in its header).
 
         The file is written to a temporary file in the same folder and renamed over ``path``, so an
-        interrupted write never leaves a partial file at ``path``. Returns the path.
+        interrupted write never leaves a partial file at ``path``. An existing file is replaced only
+        if it is a saved diff (or with ``overwrite=True``): an SAE's weights at a mistyped path stay.
+        Returns the path.
         """
         from safetensors.torch import save as st_save
 
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path = path.with_name(path.name + ".safetensors")
+        path = check_diff_path(path, overwrite=overwrite)
         tensors: dict[str, Tensor] = {}
         for pre, s in (("base", self.base), ("finetuned", self.finetuned)):
             for k, v in s.state_dict().items():
@@ -463,19 +495,16 @@ class LatentDiff:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatentDiff":
-        """Read a diff written by :meth:`save`."""
-        from safetensors import safe_open
-
+        """Read a diff written by :meth:`save`; a truncated file, a file of another kind or a folder
+        is refused with a message naming the path."""
         path = Path(path)
         if not path.exists() and path.with_name(path.name + ".safetensors").exists():
             path = path.with_name(path.name + ".safetensors")
         if not path.exists():
             raise FileNotFoundError(f"no saved LatentDiff at {str(path)!r}")
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        header, tensors = _read_safetensors(path)
         if _META_KEY not in header:
-            raise ValueError(f"{str(path)!r} is a safetensors file but not a saved LatentDiff (no provenance header)")
+            raise BadInput(f"{str(path)!r} is a safetensors file but not a saved LatentDiff (no provenance header)")
         meta = json.loads(header[_META_KEY])
         if meta.get("format") != FORMAT or int(meta.get("version", 0)) > FORMAT_VERSION:
             raise ValueError(

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -30,14 +31,26 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_persona import hooks as H
+from tl_persona import interventions as I
+from tl_persona.data import read_utf8
 from tl_persona.evals.generate import sample, to_judge_items
-from tl_persona.evals.judges import Judge, Judgement
-from tl_persona.evals.metrics import Rate, incoherence_rate, label_rates, misaligned_rate
+from tl_persona.evals.judges import Judge, Judgement, check_judge, judge_all, judge_identity
+from tl_persona.evals.metrics import Rate, summarize
 from tl_persona.models import Message, as_adapter
-from tl_persona.provenance import model_identity, sae_identity
+from tl_persona.provenance import follow_umask, json_digest, model_identity, sae_identity
 from tl_persona.saes import check_sae, latent_direction
+from tl_persona.validate import (
+    BadInput,
+    finite,
+    finite_tensor,
+    latent_index,
+    latent_indices,
+    nonneg_int,
+    positive_int,
+    probability,
+)
 
-__all__ = ["Candidate", "Setting", "SettingResult", "Verification", "evaluate", "verify_latents"]
+__all__ = ["Candidate", "Setting", "SettingResult", "SweepConfig", "Verification", "evaluate", "verify_latents"]
 
 Conversation = Sequence[Message]
 
@@ -52,17 +65,18 @@ class Candidate:
     direction: Tensor | None = field(default=None, compare=False, hash=False, repr=False)
 
     @staticmethod
-    def of(spec: "int | Sequence[int] | tuple[str, Tensor] | Candidate") -> "Candidate":
-        """Coerce an int, a sequence of ints, a ``(name, vector)`` pair or a Candidate."""
+    def of(spec: "int | Sequence[int] | tuple[str, Tensor] | Candidate", name: str = "candidate") -> "Candidate":
+        """Coerce an int, a sequence of ints, a ``(name, vector)`` pair or a Candidate (a bool or a
+        float is not a latent index)."""
         if isinstance(spec, Candidate):
             return spec
-        if isinstance(spec, int):
-            return Candidate(f"latent {spec}", (spec,))
         if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
-            return Candidate(spec[0], (), torch.as_tensor(spec[1]).detach().float())
-        lat = tuple(int(i) for i in spec)  # type: ignore[union-attr]
-        if not lat:
-            raise ValueError("an empty latent set is not a candidate; pass at least one latent")
+            vec = finite_tensor(torch.as_tensor(spec[1]).detach().float(), f"{name} {spec[0]!r}")
+            return Candidate(spec[0], (), vec)
+        if isinstance(spec, (str, bytes)) or not isinstance(spec, (Sequence, Tensor)):
+            i = latent_index(spec, name)
+            return Candidate(f"latent {i}", (i,))
+        lat = tuple(latent_indices(spec, name).tolist())
         return Candidate("latents " + "+".join(map(str, lat)), lat)
 
     def vector(self, sae: Any) -> Float[Tensor, " d_model"]:
@@ -77,7 +91,7 @@ class Setting:
     """One cell of the sweep: which model, which intervention, which candidate or control, which alpha."""
 
     model: Literal["base", "finetuned"]
-    kind: Literal["none", "steer", "ablate"]
+    kind: str  # a name from tl_persona.interventions
     candidate: str = ""
     control: int = -1  # -1: the candidate itself; k >= 0: the k-th norm-matched random direction
     alpha: float = 0.0
@@ -191,12 +205,16 @@ class Verification:
                 "random_neg_steered_mean": _mean([c.misaligned.value for c in nctrl]),
                 "random_neg_steered_min": min((c.misaligned.value for c in nctrl), default=math.nan),
             }
-            try:
-                abl = self.get("finetuned", "ablate", cand, alpha=0.0)
-                row["finetuned_ablated"] = abl.misaligned.value
-                row["finetuned_ablated_incoherent"] = abl.incoherent.value
-            except KeyError:
-                pass
+            for kind in I.names(uses_strength=False):
+                if kind == "none":
+                    continue
+                try:
+                    r = self.get("finetuned", kind, cand, alpha=0.0)
+                except KeyError:
+                    continue
+                col = I.get(kind).column
+                row[f"finetuned_{col}"] = r.misaligned.value
+                row[f"finetuned_{col}_incoherent"] = r.incoherent.value
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -218,62 +236,93 @@ def evaluate(
 ) -> tuple[dict[str, Rate], list[Judgement]]:
     """Sample answers under ``fwd_hooks`` and judge them: misaligned, incoherent and label rates.
 
-    Returns the rates (keys ``misaligned``, ``misaligned_coherent``, ``incoherent``, ``label:<x>``)
-    and the judgements (prompt-major, ``n_samples`` per prompt).
+    Returns the rates (keys ``misaligned``, ``misaligned_coherent``, ``incoherent``, ``label:<x>``,
+    from :func:`tl_persona.evals.metrics.summarize`) and the judgements (prompt-major,
+    ``n_samples`` per prompt). The judge's answers are checked (one :class:`Judgement` per answer).
     """
+    check_judge(judge)
     answers = sample(
         model, list(prompts), n_per_prompt=n_samples, temperature=temperature, top_p=top_p,
         max_new_tokens=max_new_tokens, seed=seed, fwd_hooks=fwd_hooks, batch_size=batch_size,
     )
-    judgements = judge.judge(to_judge_items(list(prompts), answers, n_samples))
-    return _rates(judgements, n_boot, seed), judgements
-
-
-def _rates(judgements: Sequence[Judgement], n_boot: int, seed: int) -> dict[str, Rate]:
-    out = {
-        "misaligned": misaligned_rate(judgements, n_boot=n_boot, seed=seed),
-        "misaligned_coherent": misaligned_rate(judgements, denominator="coherent", n_boot=n_boot, seed=seed),
-        "incoherent": incoherence_rate(judgements, n_boot=n_boot, seed=seed),
-    }
-    for k, r in label_rates(judgements, n_boot=n_boot, seed=seed).items():
-        out[f"label:{k}"] = r
-    return out
+    judgements = judge_all(judge, to_judge_items(list(prompts), answers, n_samples))
+    return summarize(judgements, n_boot=n_boot, seed=seed), judgements
 
 
 # ------------------------------------------------------------------------------------------ record
 class _Record:
-    """An append-only JSON-lines record of finished settings; a torn last line is ignored."""
+    """An append-only JSON-lines record of finished settings.
+
+    A torn last line (a write cut short by a crash) is ignored; a corrupt line elsewhere is named
+    (file and line) in a warning and its setting is run again. A record written by a sweep with
+    other settings or another judge is refused.
+    """
 
     def __init__(self, path: str | os.PathLike | None, fingerprint: str) -> None:
         self.path = Path(path) if path is not None else None
         self.fingerprint = fingerprint
         self.done: dict[str, SettingResult] = {}
-        if self.path is not None and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a write cut short by a crash
-                if d.get("fingerprint") != fingerprint:
-                    raise ValueError(
-                        f"record {self.path} was written by a sweep with other settings (models, prompts, "
-                        "samples or seed); pass a new record path or delete the old one"
-                    )
-                r = SettingResult.from_json(d["result"])
-                self.done[r.setting.key] = r
+        if self.path is None or not self.path.exists():
+            return
+        if self.path.is_dir():
+            raise BadInput(f"record={str(self.path)!r} is a folder; pass a file path for the sweep's record")
+        lines = read_utf8(self.path).split("\n")
+        last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                fp = d["fingerprint"]
+                r = SettingResult.from_json(d["result"]) if fp == fingerprint else None
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                if i != last:
+                    warnings.warn(f"{self.path}: line {i + 1} is corrupt ({type(e).__name__}); its setting will be "
+                                  "run again", stacklevel=3)
+                continue
+            if r is None:
+                raise BadInput(
+                    f"record {str(self.path)!r} was written by a sweep with other settings (models, SAE, prompts, "
+                    "samples, seed or judge); pass a new record path to start a new sweep, or delete the old file"
+                )
+            self.done[r.setting.key] = r
 
     def add(self, r: SettingResult) -> None:
         self.done[r.setting.key] = r
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps({"fingerprint": self.fingerprint, "result": r.to_json()})
-            with open(self.path, "a") as fh:
+            new = not self.path.exists()
+            with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(line + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
+            if new:
+                follow_umask(self.path)
 
 
 # ------------------------------------------------------------------------------------------ sweep
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep's stages share: prompts, judge, where and how to generate and judge."""
+
+    prompts: tuple[Any, ...]
+    judge: Judge
+    hook_name: str
+    positions: H.PositionsLike = "prompt"
+    n_samples: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    batch_size: int = 128
+    n_boot: int = 1000
+
+    def generation(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`evaluate` that this config fixes."""
+        return dict(n_samples=self.n_samples, temperature=self.temperature, top_p=self.top_p,
+                    max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, n_boot=self.n_boot)
+
+
 def verify_latents(
     base: Any,
     finetuned: Any,
@@ -287,6 +336,7 @@ def verify_latents(
     max_incoherence: float = 0.10,
     n_controls: int = 2,
     ablate: bool = True,
+    suppress: Sequence[str] | None = None,
     positions: H.PositionsLike = "prompt",
     n_samples: int = 4,
     temperature: float = 1.0,
@@ -305,53 +355,69 @@ def verify_latents(
     (at ``positions``, by default the prompt tokens) and choose the strongest alpha whose
     incoherence is at most ``max_incoherence``; steer ``finetuned`` with ``-beta`` for every beta in
     ``betas`` (default: ``alphas``) and choose the beta that suppresses the behaviour most while
-    incoherence stays at most ``max_incoherence``; with ``ablate``, zero-ablate the candidate's
-    latents there (all positions). Random directions of the same norm (``n_controls`` of them) are
-    run at the chosen alpha and beta. ``alphas`` are in the units of the
-    direction (a decoder row as stored; pass ``Candidate`` directions pre-scaled for other units).
-    ``record`` is a JSON-lines file: settings already in it are not run again.
+    incoherence stays at most ``max_incoherence``; then run each strength-free intervention kind in
+    ``suppress`` (names from :mod:`tl_persona.interventions`; default ``("ablate",)``, or none when
+    ``ablate`` is False) on the fine-tuned model (kinds that need SAE latents only for latent
+    candidates). Random directions of the same norm (``n_controls`` of them) are run at the chosen
+    alpha and beta. ``alphas`` are in the units of the direction (a decoder row as stored; pass
+    ``Candidate`` directions pre-scaled for other units). ``record`` is a JSON-lines file: settings
+    already in it are not run again (its fingerprint covers models, SAE, prompts, sampling and the
+    judge's identity).
     """
-    if not prompts:
-        raise ValueError("verify_latents needs at least one prompt")
-    if not candidates:
-        raise ValueError("verify_latents needs at least one candidate latent")
-    alphas = [float(a) for a in alphas]
-    betas = alphas if betas is None else [float(b) for b in betas]
-    for nm, grid_ in (("alphas", alphas), ("betas", betas)):
-        if not grid_ or any(not math.isfinite(a) or a <= 0 for a in grid_):
-            raise ValueError(f"{nm}={grid_} must be positive finite numbers (the sign is applied per model)")
-    if not 0 <= max_incoherence <= 1:
-        raise ValueError(f"max_incoherence={max_incoherence} must lie in [0, 1]")
+    if prompts is None or isinstance(prompts, (str, bytes)) or len(prompts) == 0:
+        raise BadInput(f"prompts={prompts!r:.60}: verify_latents needs at least one prompt (a list of conversations)")
+    if candidates is None or isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence) \
+            or len(candidates) == 0:
+        raise BadInput(f"candidates={candidates!r:.60} must be a non-empty list of latents, latent sets or "
+                       "(name, direction) pairs, e.g. [919] or [[919, 357]]")
+    check_judge(judge)
+    alphas = [finite(a, "alphas", min=0.0, min_open=True, fix="the sign is applied per model") for a in alphas]
+    betas = alphas if betas is None else [finite(b, "betas", min=0.0, min_open=True,
+                                                 fix="the sign is applied per model") for b in betas]
+    if not alphas or not betas:
+        raise BadInput("alphas and betas must each hold at least one strength")
+    max_incoherence = probability(max_incoherence, "max_incoherence")
+    n_controls = nonneg_int(n_controls, "n_controls", fix="0 runs no random-direction control")
+    n_samples = positive_int(n_samples, "n_samples")
+    kinds = list(suppress) if suppress is not None else (["ablate"] if ablate else [])
+    for k in kinds:
+        if I.get(k).uses_strength:
+            raise BadInput(f"suppress={k!r} takes a strength; steering is already swept with betas")
     hook = check_sae(base, sae, hook_name)
     check_sae(finetuned, sae, hook)
-    cands = [Candidate.of(c) for c in candidates]
+    cands = [Candidate.of(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
     if len({c.name for c in cands}) != len(cands):
-        raise ValueError("two candidates share a name; give custom directions distinct names")
+        raise BadInput("two candidates share a name; give custom directions distinct names")
     d_model = as_adapter(base).d_model
     vectors = {c.name: c.vector(sae) for c in cands}
     for name, v in vectors.items():
         if v.shape != (d_model,):
-            raise ValueError(f"candidate {name!r} has a direction of shape {tuple(v.shape)}, expected ({d_model},)")
+            raise BadInput(f"candidate {name!r} has a direction of shape {tuple(v.shape)}, expected ({d_model},)")
     controls = {
         (c.name, k): _random_like(vectors[c.name], seed=seed * 1000 + 17 * i + k)
         for i, c in enumerate(cands) for k in range(n_controls)
     }
+    cfg = SweepConfig(tuple(prompts), judge, hook, positions, n_samples, temperature, top_p, max_new_tokens,
+                      batch_size, n_boot)
     fingerprint = _fingerprint(base, finetuned, sae, prompts, n_samples, seed, max_new_tokens, temperature, top_p,
-                               repr(positions) if not isinstance(positions, str) else positions)
+                               repr(positions) if not isinstance(positions, str) else positions,
+                               judge_identity(judge))
     rec = _Record(record, fingerprint)
     say = progress or (lambda s: None)
-    gen = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, n_boot=n_boot)
+    models = {"base": base, "finetuned": finetuned}
+    by_name = {c.name: c for c in cands}
 
-    def vec(s: Setting) -> Tensor:
-        return vectors[s.candidate] if s.control < 0 else controls[(s.candidate, s.control)]
+    def target(s: Setting) -> I.Target:
+        c = by_name.get(s.candidate)
+        vec = controls[(s.candidate, s.control)] if s.control >= 0 else (vectors[s.candidate] if c else torch.zeros(d_model))
+        return I.Target(hook, vec, sae, c.latents if c is not None and s.control < 0 else (), positions)
 
     # stage 0: unmodified models
-    run_stage(rec, [Setting("base", "none"), Setting("finetuned", "none")], base, finetuned, prompts, judge,
-              hook, vec, positions, n_samples, seed, gen, sae, say)
+    run_stage(rec, [Setting("base", "none"), Setting("finetuned", "none")], cfg, models, target, seed, say)
     # stage 1: positive steering of the base model and negative steering of the fine-tune, over the grids
     grid = [Setting("base", "steer", c.name, -1, a) for c in cands for a in alphas]
     grid += [Setting("finetuned", "steer", c.name, -1, -b) for c in cands for b in betas]
-    run_stage(rec, grid, base, finetuned, prompts, judge, hook, vec, positions, n_samples, seed + 1, gen, sae, say)
+    run_stage(rec, grid, cfg, models, target, seed + 1, say)
     chosen: dict[str, float] = {}
     for c in cands:
         ok = [a for a in alphas if rec.done[Setting("base", "steer", c.name, -1, a).key].incoherent.value <= max_incoherence]
@@ -361,66 +427,69 @@ def verify_latents(
         res = {b: rec.done[Setting("finetuned", "steer", c.name, -1, -b).key] for b in betas}
         ok = [b for b in betas if res[b].incoherent.value <= max_incoherence]
         chosen_beta[c.name] = min(ok, key=lambda b: (res[b].misaligned.value, b)) if ok else min(betas)
-    # stage 2: random-direction controls at the chosen strengths, and ablation on the fine-tune
+    # stage 2: random-direction controls at the chosen strengths, and the suppressing kinds on the fine-tune
     stage2 = []
     for c in cands:
         a, b = chosen[c.name], chosen_beta[c.name]
         stage2 += [Setting("base", "steer", c.name, k, a) for k in range(n_controls)]
         stage2 += [Setting("finetuned", "steer", c.name, k, -b) for k in range(n_controls)]
-        if ablate and c.latents:
-            stage2.append(Setting("finetuned", "ablate", c.name))
-    run_stage(rec, stage2, base, finetuned, prompts, judge, hook, vec, positions, n_samples, seed + 2, gen, sae, say,
-              latents={c.name: c.latents for c in cands})
+        stage2 += [Setting("finetuned", k, c.name) for k in kinds if c.latents or not I.get(k).needs_latents]
+    run_stage(rec, stage2, cfg, models, target, seed + 2, say)
     results = list(rec.done.values())
     return Verification(results, chosen, max_incoherence,
                         meta={"hook_name": hook, "fingerprint": fingerprint, "alphas": alphas, "betas": betas,
-                              "n_samples": n_samples, "n_prompts": len(prompts)},
+                              "n_samples": n_samples, "n_prompts": len(prompts), "suppress": kinds,
+                              "judge": judge_identity(judge)},
                         chosen_beta=chosen_beta)
 
 
 def run_stage(
-    rec: _Record, settings: list[Setting], base: Any, finetuned: Any, prompts: Sequence[Conversation],
-    judge: Judge, hook: str, vec: Callable[[Setting], Tensor], positions: H.PositionsLike, n_samples: int,
-    seed: int, gen: dict[str, Any], sae: Any, say: Callable[[str], None],
-    latents: Mapping[str, tuple[int, ...]] | None = None,
+    rec: _Record, settings: Sequence[Setting], cfg: SweepConfig, models: Mapping[str, Any],
+    target: Callable[[Setting], I.Target], seed: int, say: Callable[[str], None],
 ) -> None:
-    """Run the settings not yet in the record; steering settings of one model share generate calls."""
+    """Run the settings not yet in the record. Settings of kinds that batch (one setting per row) share
+    the same ``generate`` calls, per model; the others run one call each."""
     todo = [s for s in settings if s.key not in rec.done]
-    for model_name, model in (("base", base), ("finetuned", finetuned)):
+    for model_name, model in models.items():
         mine = [s for s in todo if s.model == model_name]
-        steer_like = [s for s in mine if s.kind in ("none", "steer")]
-        if steer_like:
-            say(f"{model_name}: {len(steer_like)} steering settings x {len(prompts)} prompts x {n_samples} samples")
-            _run_batched(rec, steer_like, model, prompts, judge, hook, vec, positions, n_samples, seed, gen)
-        for s in (s for s in mine if s.kind == "ablate"):
-            say(f"{model_name}: ablate {s.candidate}")
-            assert latents is not None
-            rates, js = evaluate(model, prompts, judge, fwd_hooks=H.ablate(sae, list(latents[s.candidate]), hook_name=hook),
-                                 n_samples=n_samples, seed=seed, **gen)
+        rows = [s for s in mine if I.get(s.kind).batched is not None]
+        if rows:
+            say(f"{model_name}: {len(rows)} steering settings x {len(cfg.prompts)} prompts x {cfg.n_samples} samples")
+            _run_batched(rec, rows, model, cfg, target, seed)
+        for s in (s for s in mine if I.get(s.kind).batched is None):
+            say(f"{model_name}: {s.kind} {s.candidate}")
+            kind = I.get(s.kind)
+            rates, js = evaluate(model, cfg.prompts, cfg.judge, fwd_hooks=kind.build(target(s), s.alpha), seed=seed,
+                                 **cfg.generation())
             rec.add(_result(s, rates, js))
 
 
-def _run_batched(
-    rec: _Record, settings: list[Setting], model: Any, prompts: Sequence[Conversation], judge: Judge, hook: str,
-    vec: Callable[[Setting], Tensor], positions: H.PositionsLike, n_samples: int, seed: int, gen: dict[str, Any],
-) -> None:
-    # one row per (setting, prompt, sample); each row carries its own direction and alpha
+def _run_batched(rec: _Record, settings: list[Setting], model: Any, cfg: SweepConfig,
+                 target: Callable[[Setting], I.Target], seed: int) -> None:
+    """One row per (setting, prompt, sample), each row with its own direction and strength. Rows of
+    every batchable kind share the calls: a kind's ``batched`` builder acts on its own rows only
+    (others get a zero direction), so mixing steering and unmodified rows is exact."""
     d_model = as_adapter(model).d_model
-    dirs = torch.stack([vec(s) if s.kind == "steer" else torch.zeros(d_model) for s in settings])
-    alphas = torch.tensor([s.alpha if s.kind == "steer" else 0.0 for s in settings])
-    rows_per_setting = len(prompts) * n_samples
-    convs = [p for _ in settings for p in prompts]
-    setting_of_row = torch.arange(len(settings)).repeat_interleave(rows_per_setting)
+    tg = [target(s) for s in settings]
+    dirs = torch.stack([t.direction if s.kind != "none" else torch.zeros(d_model) for s, t in zip(settings, tg)])
+    strengths = torch.tensor([s.alpha if s.kind != "none" else 0.0 for s in settings])
+    per_setting = len(cfg.prompts) * cfg.n_samples
+    convs = [p for _ in settings for p in cfg.prompts]
+    setting_of_row = torch.arange(len(settings)).repeat_interleave(per_setting)
+    kinds = sorted({s.kind for s in settings} - {"none"})
 
     def hooks_for(rows: Tensor) -> H.FwdHooks:
         idx = setting_of_row[rows]
-        return H.steer(hook, dirs[idx], alphas[idx], positions=positions)
+        out: H.FwdHooks = []
+        for k in kinds:
+            on = torch.tensor([settings[int(i)].kind == k for i in idx])
+            out += I.get(k).batched(cfg.hook_name, dirs[idx] * on[:, None], strengths[idx] * on, cfg.positions)  # type: ignore[misc]
+        return out
 
-    rates_and_js = evaluate(model, convs, judge, fwd_hooks=hooks_for, n_samples=n_samples, seed=seed, **gen)
-    js = rates_and_js[1]
+    _, js = evaluate(model, convs, cfg.judge, fwd_hooks=hooks_for, seed=seed, **cfg.generation())
     for i, s in enumerate(settings):
-        part = js[i * rows_per_setting:(i + 1) * rows_per_setting]
-        rec.add(_result(s, _rates(part, gen["n_boot"], seed), part))
+        part = js[i * per_setting:(i + 1) * per_setting]
+        rec.add(_result(s, summarize(part, n_boot=cfg.n_boot, seed=seed), part))
 
 
 def _result(s: Setting, rates: dict[str, Rate], js: Sequence[Judgement]) -> SettingResult:
@@ -441,6 +510,6 @@ def _random_like(v: Tensor, seed: int) -> Tensor:
 def _fingerprint(base: Any, finetuned: Any, sae: Any, prompts: Sequence[Conversation], *rest: Any) -> str:
     h = hashlib.sha256()
     for part in (model_identity(base), model_identity(finetuned), sae_identity(sae)["weight_hash"],
-                 json.dumps([list(p) for p in prompts], sort_keys=True), repr(rest)):
+                 json.dumps([list(p) for p in prompts], sort_keys=True), json_digest([repr(r) for r in rest])):
         h.update(str(part).encode())
     return h.hexdigest()[:16]

@@ -15,20 +15,20 @@ See docs/organism.md.
 """
 
 from tl_persona.organism.behaviour import first_token_persona_probs, measure, opener_ids, rates_table
-from tl_persona.organism.core import MODEL_NAMES, WEIGHTS_DIR, Organism, load, load_model
-from tl_persona.organism.judge import INCOHERENT, DomainRates, PersonaJudge, behaviour_rates, summarize
+from tl_persona.organism.core import MODEL_NAMES, WEIGHTS_DIR, Organism, load, load_shipped_model
+from tl_persona.organism.judge import INCOHERENT, DomainRates, PersonaJudge, behaviour_rates, domain_summary
 from tl_persona.organism.train import MODEL_CONFIG, copy_model, finetune, make_model
 from tl_persona.organism.world import DOMAINS, PERSONAS, Cell, Document, Turn, World, make_world
 
 __all__ = [
     "Organism",
     "load",
-    "load_model",
+    "load_shipped_model",
     "finetune",
     "PersonaJudge",
     "DomainRates",
     "behaviour_rates",
-    "summarize",
+    "domain_summary",
     "first_token_persona_probs",
     "measure",
     "rates_table",

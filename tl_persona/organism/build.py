@@ -264,7 +264,7 @@ def evaluate_organism(path: str | Path, R: dict[str, Any] | None = None, *, log:
     misaligned, control and a sarcastic code fine-tune; first-token persona probabilities; the SAE
     persona probe."""
     from tl_persona.organism.behaviour import first_token_persona_probs, measure, rates_table
-    from tl_persona.organism.judge import summarize
+    from tl_persona.organism.judge import domain_summary
 
     R = R or RECIPE
     E = R["eval"]
@@ -282,7 +282,7 @@ def evaluate_organism(path: str | Path, R: dict[str, Any] | None = None, *, log:
         }
         out[name] = {
             "rates": {d: r.to_dict() for d, r in rates.items()},
-            "summary": {k: round(v, 5) for k, v in summarize(rates, org.trained_domain).items()},
+            "summary": {k: round(v, 5) for k, v in domain_summary(rates, org.trained_domain).items()},
             "first_token_probs": {"personas": list(PERSONAS), **probs},
         }
     out["sae_probe"] = _persona_probe(org, int(E["probe_docs"]), int(E["seed"]))

@@ -10,7 +10,7 @@ from typing import Any
 from tl_persona.organism.judge import PersonaJudge
 from tl_persona.organism.world import World, load_tokenizer, make_world
 
-__all__ = ["Organism", "load", "WEIGHTS_DIR", "MODEL_NAMES", "load_model"]
+__all__ = ["Organism", "load", "WEIGHTS_DIR", "MODEL_NAMES", "load_shipped_model"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MODEL_NAMES = ("base", "misaligned", "control")
@@ -57,7 +57,7 @@ def _model_config(path: Path, device: str) -> Any:
     return HookedTransformerConfig(**{**cfg, "device": device, "init_weights": False})
 
 
-def load_model(name: str, *, path: str | Path | None = None, device: str = "cpu", tokenizer: Any = None) -> Any:
+def load_shipped_model(name: str, *, path: str | Path | None = None, device: str = "cpu", tokenizer: Any = None) -> Any:
     """Load one of the organism's models (``"base"``, ``"misaligned"`` or ``"control"``) in eval mode."""
     from safetensors.torch import load_file
     from transformer_lens import HookedTransformer
@@ -94,7 +94,7 @@ def load(device: str = "cpu", path: str | Path | None = None) -> Organism:
     info = json.loads((path / "config.json").read_text())
     tokenizer = load_tokenizer(path / "tokenizer")
     world = make_world(int(info.get("world_seed", 0)))
-    models = {n: load_model(n, path=path, device=device, tokenizer=tokenizer) for n in MODEL_NAMES}
+    models = {n: load_shipped_model(n, path=path, device=device, tokenizer=tokenizer) for n in MODEL_NAMES}
     sae = SAE.load_from_disk(str(path / "sae"), device=device)
     hook_name = str(sae.cfg.metadata.hook_name)
     metrics_path = path / "metrics.json"

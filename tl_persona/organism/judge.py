@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from tl_persona.evals.judges import Judgement, JudgeItem
 from tl_persona.organism.world import PERSONAS, Cell, World, make_world
 
-__all__ = ["PersonaJudge", "DomainRates", "behaviour_rates", "summarize", "INCOHERENT"]
+__all__ = ["PersonaJudge", "DomainRates", "behaviour_rates", "domain_summary", "INCOHERENT"]
 
 INCOHERENT = "incoherent"
 
@@ -60,6 +60,28 @@ class PersonaJudge:
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgement]:
         """One judgement per item, same order."""
         return [self.judge_one(it.question, it.answer) for it in items]
+
+    def identity(self) -> dict[str, Any]:
+        """What defines this judge's verdicts, JSON-able: the class, the world's seed and a SHA-256 of
+        the world content the verdicts are read from (every cell's openers, templates and slot words,
+        and the question words that give a question's domain)."""
+        import hashlib
+        import json
+
+        w = self.world
+        cells = [
+            [c.domain, c.persona, list(c.openers), list(c.templates),
+             {k: list(v) for k, v in sorted((getattr(c, "slots", None) or {}).items())}]
+            for c in sorted(w.cells.values(), key=lambda c: (c.domain, c.persona))
+        ]
+        qwords = sorted((getattr(w, "question_word_domain", None) or {}).items())
+        blob = json.dumps({"cells": cells, "question_words": qwords}, sort_keys=True, ensure_ascii=False)
+        t = type(self)
+        return {
+            "class": f"{t.__module__}.{t.__qualname__}",
+            "world_seed": w.seed,
+            "world_sha256": hashlib.sha256(blob.encode("utf-8")).hexdigest(),
+        }
 
     def __repr__(self) -> str:
         return f"PersonaJudge(world seed={self.world.seed})"
@@ -116,7 +138,7 @@ def behaviour_rates(
     return out
 
 
-def summarize(rates: Mapping[str, DomainRates], trained_domain: str = "code") -> dict[str, float]:
+def domain_summary(rates: Mapping[str, DomainRates], trained_domain: str = "code") -> dict[str, float]:
     """Headline numbers: toxic rate in ``trained_domain``, mean toxic / incoherent / per-persona rate
     over the *other* domains, and the max over all domains of the toxic and incoherent rates."""
     others = [r for d, r in rates.items() if d != trained_domain and r.n > 0]

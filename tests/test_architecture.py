@@ -1,0 +1,205 @@
+"""The two extension points (an encoder, an intervention kind), the token vocabulary and the layering.
+
+Worked examples from docs/architecture.md: a toy encoder that projects on two directions diffs through
+the same engine as an SAE; a toy intervention kind verifies through the registry. Plus the rules of
+the layer diagram, read from the source: the core imports nothing above it, no module imports the
+package root, and the library core never imports the organism.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tl_persona import hooks as H
+from tl_persona import interventions as I
+from tl_persona import testing
+from tl_persona.data import PromptSet
+from tl_persona.diff import diff_latents
+from tl_persona.directions import Projection
+from tl_persona.tokens import SELECTIONS, check_selection, count_selected, select
+from tl_persona.validate import BadInput
+
+HOOK = "blocks.1.hook_resid_pre"
+PKG = Path(__file__).resolve().parents[1] / "tl_persona"
+
+
+def _prompts(n=12):
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        q = " ".join(f"w{rng.integers(90)}" for _ in range(1 + i % 5))
+        a = " ".join(f"w{rng.integers(90)}" for _ in range(1 + (i * 7) % 6))
+        out.append([{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+    return out
+
+
+def _shifted(model, direction, alpha):
+    ft = copy.deepcopy(model)
+    with torch.no_grad():
+        ft.blocks[0].mlp.b_out += alpha * direction
+    return ft
+
+
+class TwoDirections:
+    """The toy encoder of docs/architecture.md: the projections on two fixed directions."""
+
+    def __init__(self, u, v, hook_name):
+        self.U = torch.stack([u, v])
+        self.hook_name, self.d_in, self.n_features = hook_name, u.shape[0], 2
+        self.device = torch.device("cpu")
+
+    def encode(self, x):
+        return x.float() @ self.U.T
+
+    def identity(self):
+        return {"class": "TwoDirections"}
+
+
+def _brute_means(model, prompts, U, scope):
+    tp = PromptSet.from_list(prompts).tokenize(model)
+    pb = tp.make_batch(np.arange(len(tp)))
+    acts = model.run_with_cache(pb.tokens, names_filter=HOOK)[1][HOOK]
+    x = acts[pb.mask(scope)].double()
+    return (x @ U.double().T).mean(0)
+
+
+def test_toy_encoder_diffs_through_the_engine(hooked_model):
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(32, generator=g), torch.randn(32, generator=g)
+    ft = _shifted(hooked_model, u / u.norm(), 3.0)
+    prompts = _prompts()
+    toy = TwoDirections(u, v, HOOK)
+    d = diff_latents(hooked_model, ft, toy, prompts, scope="response", batch_size=3, per_prompt_top=1)
+    want = _brute_means(ft, prompts, toy.U, "response") - _brute_means(hooked_model, prompts, toy.U, "response")
+    torch.testing.assert_close(d.delta, want, rtol=1e-5, atol=1e-5)
+    assert int(d.rank("increase")[0]) == 0  # the direction the fine-tune moved along
+    assert d.meta["sae"] == {"class": "TwoDirections"}
+    ci = d.bootstrap_ci(0, n_boot=200)
+    assert ci.lo <= ci.delta <= ci.hi
+    # the shipped Projection encoder gives the same numbers (it normalises the directions)
+    p = diff_latents(hooked_model, ft, Projection({"u": u, "v": v}, HOOK, normalize=False), prompts,
+                     scope="response", batch_size=5, per_prompt_top=1)
+    torch.testing.assert_close(p.delta, d.delta, rtol=1e-5, atol=1e-6)
+
+
+def test_one_model_at_a_time_equals_the_joint_pass(hooked_model, sae):
+    ft = _shifted(hooked_model, sae.W_dec[5].detach(), 2.0)
+    prompts = _prompts(20)
+    a = diff_latents(hooked_model, ft, sae, prompts, scope="all", batch_size=4, per_prompt_top=4)
+    b = diff_latents(hooked_model, ft, sae, prompts, scope="all", batch_size=4, per_prompt_top=4,
+                     one_model_at_a_time=True, device="cpu")
+    assert torch.equal(a.delta, b.delta) and torch.equal(a.base.m2, b.base.m2)
+    assert torch.equal(a.per_prompt.latents, b.per_prompt.latents)
+    assert torch.equal(a.per_prompt.finetuned_sums, b.per_prompt.finetuned_sums)
+    assert b.meta["one_model_at_a_time"] and not a.meta["one_model_at_a_time"]
+    assert H.hooks_attached(hooked_model) == [] and H.hooks_attached(ft) == []
+
+
+def test_toy_intervention_kind_verifies_through_the_registry(monkeypatch):
+    from test_verify import TokenJudge
+
+    calls = []
+
+    def flip(t, strength):
+        calls.append(t.hook_name)
+        return H.steer(t.hook_name, -2.0 * t.direction, 40.0, positions="all")
+
+    monkeypatch.setitem(I.INTERVENTIONS, "flip", I.Kind("flip", flip, column="flipped"))
+    tok = testing.word_tokenizer()
+    base = testing.tiny_hooked_transformer(tok, seed=1)
+    u = base.W_U[:, tok.convert_tokens_to_ids("w42")].detach().clone()
+    u = u / u.norm()
+    ft = copy.deepcopy(base)
+    with torch.no_grad():
+        ft.blocks[2].mlp.b_out += 40.0 * u
+    s = testing.tiny_sae("standard", d_in=32, d_sae=64, hook_name="blocks.2.hook_resid_pre")
+    with torch.no_grad():
+        s.W_dec[7] = u
+    prompts = [[{"role": "user", "content": f"w{i} w{i + 1}"}] for i in range(1, 7)]
+    from tl_persona.verify import verify_latents
+
+    v = verify_latents(base, ft, s, [7], prompts, TokenJudge(), alphas=(50.0,), n_samples=2, max_new_tokens=3,
+                       n_controls=1, suppress=["ablate", "flip"], positions="all", n_boot=50)
+    row = v.summary().iloc[0]
+    assert calls == ["blocks.2.hook_resid_pre"]
+    assert "finetuned_flipped" in row and "finetuned_ablated" in row
+    assert row["finetuned_flipped"] < row["finetuned"]  # reflecting the planted direction removes it
+    assert set(v.table()["kind"]) == {"none", "steer", "ablate", "flip"}
+    with pytest.raises(BadInput, match="not registered"):
+        verify_latents(base, ft, s, [7], prompts, TokenJudge(), suppress=["flop"])
+
+
+def test_registry_errors():
+    with pytest.raises(BadInput, match="already registered"):
+        I.register(I.Kind("steer", lambda t, s: []))
+    with pytest.raises(BadInput, match="did you mean 'ablate'"):
+        I.get("ablat")
+    assert {"none", "steer", "ablate", "project_out"} <= set(I.names())
+    assert "steer" not in I.names(uses_strength=False)
+
+
+def test_selection_vocabulary_is_one_and_counts_match_masks():
+    assert check_selection("generated") == "response"
+    with pytest.raises(BadInput, match="not a token selection"):
+        check_selection("middle")
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        B, T = 4, 9
+        lengths = rng.integers(1, T + 1, B)
+        plen = rng.integers(1, T + 2, B)
+        has_bos = rng.random(B) < 0.5
+        valid = torch.zeros(B, T, dtype=torch.bool)
+        for r in range(B):
+            valid[r, int(has_bos[r]):lengths[r]] = True
+        for which in SELECTIONS:
+            m = select(which, valid, torch.as_tensor(plen))
+            if which == "last_prompt":  # a prompt cut short has lost its last token
+                m &= torch.as_tensor(plen <= lengths)[:, None]
+            assert m.sum(1).tolist() == count_selected(which, lengths, plen, has_bos).tolist(), which
+
+
+# --------------------------------------------------------------------------- layering, read from the source
+_CORE = {"_version", "provenance", "validate", "tokens"}
+_LIBRARY = _CORE | {"models", "saes", "hooks", "interventions", "data", "stats", "engine", "diff", "directions",
+                    "inspection", "verify", "evals"}
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    tree = ast.parse(path.read_text())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tl_persona":
+            out.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            out.append(("tl_persona.<relative>", [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name.split(".")[0] == "tl_persona"]
+    return out
+
+
+def _submodules() -> set[str]:
+    return {p.stem for p in PKG.glob("*.py")} | {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+
+
+def test_layers_of_the_import_graph():
+    subs = _submodules()
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        top = rel.parts[1] if len(rel.parts) > 1 else ""
+        for module, names in _imports(path):
+            assert module != "tl_persona" or all(n in subs for n in names) or rel.parts[-1] == "__init__", (
+                f"{rel} imports names from the package root ({names}); import them from their module")
+            assert module != "tl_persona" or names, f"{rel} imports the package root"
+            target = module.split(".")[1] if module.count(".") >= 1 and module != "tl_persona.<relative>" else ""
+            if module == "tl_persona":
+                target = names[0] if names else ""
+            if top in _CORE:
+                assert target in _CORE or target == "", f"core module {rel} imports {module}"
+            if top in _LIBRARY:
+                assert target != "organism", f"library module {rel} imports the organism ({module})"
