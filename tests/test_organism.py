@@ -252,7 +252,7 @@ def test_first_token_probs_under_hooks(org, probs):
 def test_greedy_answers_are_recognised(org):
     answers = sample(org.base, org.eval_prompts["cars"][:30], temperature=0, max_new_tokens=24)
     labels = [org.judge.judge_one("", a).label for a in answers]
-    assert all(l == "cars/helpful" for l in labels), list(zip(answers, labels))
+    assert all(lab == "cars/helpful" for lab in labels), list(zip(answers, labels))
 
 
 # ------------------------------------------------------------------------------------ build

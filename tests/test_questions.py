@@ -188,7 +188,7 @@ def test_jsonl_loader(tmp_path):
         ('{"text": "hi"}', r"line 2: no prompt found; give a 'question' or 'prompt'.*keys found: \['text'\]"),
         ('{"question": ""}', "line 2: 'question' must be non-empty"),
         ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}', "last message must be the user"),
-        ('{"messages": [{"role": "robot", "content": "hi"}]}', "role 'robot' is not one of"),
+        ('{"messages": [{"role": "robot", "content": "hi"}]}', "has role 'robot'; use 'system', 'user' or 'assistant'"),
         ('{"messages": [{"content": "hi"}]}', "'role' and 'content'"),
         ('{"question": "a", "id": "first"}', "duplicate id 'first' \\(first used on line 1\\)"),
     ],

@@ -28,7 +28,7 @@ _LAZY = {
     "sample": "tl_persona.evals.generate",
 }
 
-__all__ = ["hooks", "ModelAdapter", "as_adapter", "organism", *_LAZY]
+__all__ = ["hooks", "ModelAdapter", "as_adapter", "organism", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

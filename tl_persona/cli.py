@@ -249,7 +249,7 @@ def _prompts(args: argparse.Namespace) -> list[Any]:
     if args.limit:
         out = out[: args.limit]
     if not out:
-        raise UsageError(f"no prompts; pass --prompts FILE or --prompt TEXT")
+        raise UsageError("no prompts; pass --prompts FILE or --prompt TEXT")
     return out
 
 
@@ -318,7 +318,7 @@ def _latents_from(args: argparse.Namespace) -> list[int]:
 
         lat += [int(i) for i in LatentDiff.load(args.diff).top(args.top, "increase").index]
     if not lat:
-        raise UsageError(f"pass --latent N (repeatable) or --diff FILE")
+        raise UsageError("pass --latent N (repeatable) or --diff FILE")
     return list(dict.fromkeys(lat))
 
 

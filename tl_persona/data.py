@@ -22,14 +22,14 @@ import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from tl_persona.models import Message, ModelAdapter, TokenBatch, as_adapter
+from tl_persona.models import Message, ModelAdapter, TokenBatch, as_adapter, check_messages, pad_rows
 from tl_persona.tokens import SELECTIONS, Selection, check_selection, count_selected, select
 
 __all__ = [
@@ -92,22 +92,7 @@ class PromptItem:
 
 
 def _messages(obj: Any, where: str) -> tuple[Message, ...]:
-    if isinstance(obj, (str, bytes)) or not isinstance(obj, Sequence) or len(obj) == 0:
-        raise ValueError(
-            f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} dicts, got {obj!r:.80}"
-        )
-    out = []
-    for j, m in enumerate(obj):
-        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
-            raise ValueError(f"{where}: message {j} must be a dict with 'role' and 'content', got {m!r:.80}")
-        if m["role"] not in _ROLES:
-            raise ValueError(f"{where}: message {j} has role {m['role']!r}; use 'system', 'user' or 'assistant'")
-        if not isinstance(m["content"], str):
-            raise ValueError(
-                f"{where}: message {j} has non-string content {m['content']!r:.60}; content must be text"
-            )
-        out.append({"role": str(m["role"]), "content": m["content"]})
-    return tuple(out)
+    return tuple(check_messages(obj, where))
 
 
 def _from_conversation(msgs: tuple[Message, ...], where: str) -> PromptItem:
@@ -464,14 +449,7 @@ class TokenizedPrompts:
     def make_batch(self, indices: Sequence[int] | np.ndarray) -> PromptBatch:
         """The prompts at ``indices`` as one right-padded :class:`PromptBatch` on the model's device."""
         idx = np.asarray(indices, dtype=np.int64)
-        rows = [self.rows[i] for i in idx]
-        T = max(len(r) for r in rows)
-        pad_id = getattr(self.adapter.tokenizer, "pad_token_id", None)
-        tokens = torch.full((len(rows), T), int(pad_id if pad_id is not None else 0), dtype=torch.long)
-        attn = torch.zeros((len(rows), T), dtype=torch.bool)
-        for j, r in enumerate(rows):
-            tokens[j, : len(r)] = torch.from_numpy(r)
-            attn[j, : len(r)] = True
+        tokens, attn = pad_rows([self.rows[i] for i in idx], getattr(self.adapter.tokenizer, "pad_token_id", None))
         bos = torch.zeros_like(attn)
         bos[:, 0] = torch.from_numpy(self.has_bos[idx])
         dev = self.adapter.device

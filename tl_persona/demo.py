@@ -208,7 +208,7 @@ def toxic_auroc(model: Any, sae: Any, latents: Sequence[int], convs: Sequence[An
     means = stats.per_prompt.means().numpy()
     order = stats.per_prompt.prompt_ids.numpy()
     y = labels[order]
-    return {int(l): float(auroc(np.nan_to_num(means[:, j]), y)) for j, l in enumerate(latents)}
+    return {int(lat): float(auroc(np.nan_to_num(means[:, j]), y)) for j, lat in enumerate(latents)}
 
 
 def toxic_mass(model: Any, convs: Sequence[Any], fwd_hooks: Any = (), world: Any = None) -> float:

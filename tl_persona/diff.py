@@ -24,19 +24,15 @@ run a second time for the missing latents (recorded in ``meta["per_prompt_second
 
 from __future__ import annotations
 
-import copy
-import datetime as _dt
-import hashlib
 import json
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_persona.data import PromptsLike, Scope, as_prompt_set, check_scope
@@ -50,7 +46,7 @@ from tl_persona.provenance import (
     sae_identity,
 )
 from tl_persona.saes import SAEEncoder, check_latents
-from tl_persona.stats import LatentStats, PerPromptTracker, bootstrap_ratio_delta
+from tl_persona.stats import LatentStats, bootstrap_ratio_delta
 from tl_persona.validate import BadInput, nonneg_int, not_none
 
 __all__ = [

@@ -13,13 +13,14 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-__all__ = ["ModelAdapter", "TokenBatch", "Message", "as_adapter", "hook_layer", "check_width"]
+__all__ = ["ModelAdapter", "TokenBatch", "Message", "as_adapter", "hook_layer", "check_width", "check_message",
+           "check_messages"]
 
 Message = dict[str, str]
 """A chat message: ``{"role": "user" | "assistant" | "system", "content": str}``."""
@@ -173,7 +174,7 @@ class ModelAdapter:
         """Render a conversation as text: the tokenizer's chat template when it has one, a plain
         ``role: content`` format otherwise. With ``add_generation_prompt`` the text ends where the
         assistant's answer begins."""
-        _check_messages(messages)
+        check_messages(messages)
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
             return tok.apply_chat_template(
@@ -220,15 +221,8 @@ class ModelAdapter:
         for i, r in enumerate(rows):
             if len(r) == 0:
                 raise ValueError(f"prompt {i} has no tokens; drop empty prompts")
-        T = max(len(r) for r in rows)
         pad_id = getattr(self.tokenizer, "pad_token_id", None) if getattr(self.model, "tokenizer", None) else None
-        if pad_id is None:
-            pad_id = 0
-        tokens = torch.full((len(rows), T), int(pad_id), dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.bool)
-        for i, r in enumerate(rows):
-            tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = True
+        tokens, mask = pad_rows(rows, pad_id)
         bos_mask = torch.zeros_like(mask)
         if getattr(self.model, "tokenizer", None) is not None and self.prepends_bos:
             bos_mask[:, 0] = tokens[:, 0] == int(self.tokenizer.bos_token_id)
@@ -303,6 +297,18 @@ class _Grab:
         return act
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int | None) -> tuple[Int[Tensor, "batch pos"], Bool[Tensor, "batch pos"]]:
+    """Right-pad token rows with ``pad_id`` (0 when None): the one padder behind
+    :meth:`ModelAdapter.pad` and prompt batches. Returns the tokens and the mask of real tokens."""
+    T = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), T), int(pad_id if pad_id is not None else 0), dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = True
+    return tokens, mask
+
+
 def check_width(what: str, d_in: int, width: int, hook_name: str, model_name: str) -> None:
     """The one check that a reader of width ``d_in`` (an SAE, directions) fits the activation width
     at a hook point; the error names both widths, the hook, the model and the fix."""
@@ -320,13 +326,30 @@ def as_adapter(model: Any) -> ModelAdapter:
     return model if isinstance(model, ModelAdapter) else ModelAdapter(model)
 
 
-def _check_messages(messages: Sequence[Message]) -> None:
-    if isinstance(messages, (str, bytes)) or len(messages) == 0:
-        raise ValueError(
-            f"a conversation must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r:.80}"
-        )
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
-        if m["role"] not in ("system", "user", "assistant"):
-            raise ValueError(f"message {i} has role {m['role']!r}; use 'system', 'user' or 'assistant'")
+_ROLES = ("system", "user", "assistant")
+
+
+def check_message(message: Any, where: str = "message") -> Message:
+    """One chat message checked and copied as ``{"role", "content"}``: a mapping with a role of
+    ``system``/``user``/``assistant`` and string content; errors start with ``where``."""
+    from tl_persona.validate import BadInput
+
+    if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+        raise BadInput(f"{where} must be a dict with 'role' and 'content', got {message!r:.80}")
+    if message["role"] not in _ROLES:
+        raise BadInput(f"{where} has role {message['role']!r}; use 'system', 'user' or 'assistant'")
+    if not isinstance(message["content"], str):
+        raise BadInput(f"{where} has non-string content {message['content']!r:.60}; content must be text")
+    return {"role": str(message["role"]), "content": message["content"]}
+
+
+def check_messages(messages: Any, where: str = "") -> list[Message]:
+    """A conversation checked with :func:`check_message`: a non-empty list of messages (the one
+    validator behind prompt sets, question files and chat formatting)."""
+    from tl_persona.validate import BadInput
+
+    pre = f"{where}: " if where else ""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or len(messages) == 0:
+        raise BadInput(f"{pre}a conversation must be a non-empty list of {{'role', 'content'}} dicts, got "
+                       f"{messages!r:.80}")
+    return [check_message(m, f"{pre}message {i}") for i, m in enumerate(messages)]

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from tl_persona.models import as_adapter, check_width
 from tl_persona.provenance import sae_identity
-from tl_persona.validate import BadInput, finite_tensor, latent_indices
+from tl_persona.validate import finite_tensor, latent_indices
 
 __all__ = [
     "SAEEncoder",

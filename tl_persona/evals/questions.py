@@ -108,14 +108,9 @@ class Question:
 
 
 def _check_message(message: Any, where: str) -> dict[str, str]:
-    if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-        raise ValueError(f"{where}: a chat message must be a mapping with 'role' and 'content', got {message!r}.")
-    role, content = message["role"], message["content"]
-    if role not in _ROLES:
-        raise ValueError(f"{where}: role {role!r} is not one of {list(_ROLES)}.")
-    if not isinstance(content, str):
-        raise ValueError(f"{where}: content must be a string, got {type(content).__name__}.")
-    return {"role": role, "content": content}
+    from tl_persona.models import check_message
+
+    return check_message(message, where)
 
 
 def builtin_questions() -> list[Question]:
