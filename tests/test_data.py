@@ -170,10 +170,12 @@ def test_tokens_match_generation_prompt(hooked_model):
     assert tp.has_bos[0]
 
 
-def test_truncation_warns_and_drops_last_prompt(hooked_model):
+def test_too_long_is_an_error_unless_truncation_is_asked_for(hooked_model):
     long = " ".join(["w1"] * 80)
+    with pytest.raises(ValueError, match="prompt 0 has 81 tokens, more than the model's context of 64"):
+        PromptSet.from_list([long, "w2"]).tokenize(hooked_model)
     with pytest.warns(UserWarning, match="truncated"):
-        tp = PromptSet.from_list([long, "w2"]).tokenize(hooked_model)
+        tp = PromptSet.from_list([long, "w2"]).tokenize(hooked_model, truncate=True)
     assert len(tp.rows[0]) == hooked_model.cfg.n_ctx
     assert tp.scope_counts("last_prompt").tolist() == [0, 1]
     pb = tp.make_batch([0, 1])

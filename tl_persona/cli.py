@@ -257,12 +257,14 @@ def _is_question_jsonl(spec: str) -> bool:
     p = Path(spec)
     if p.suffix != ".jsonl" or not p.exists():
         return False
-    with open(p) as fh:
-        first = fh.readline()
+    from tl_persona.data import read_utf8
+
+    first = next((ln for ln in read_utf8(p).split("\n") if ln.strip()), "")
     try:
-        return "question" in json.loads(first)
+        obj = json.loads(first)
     except json.JSONDecodeError:
         return False
+    return isinstance(obj, dict) and "question" in obj
 
 
 def _pairs(items: Sequence[str], what: str) -> list[tuple[int, float]]:
@@ -382,10 +384,15 @@ def _judge(args: argparse.Namespace) -> Any:
 
 
 def _numbers(text: str, option: str) -> list[float]:
+    import math
+
     try:
-        return [float(a) for a in str(text).split(",") if a.strip()]
+        out = [float(a) for a in str(text).split(",") if a.strip()]
     except ValueError:
-        raise UsageError(f"{option} {text!r} must be comma-separated numbers, e.g. 20,40,60") from None
+        out = []
+    if not out or not all(math.isfinite(v) for v in out):
+        raise UsageError(f"{option} {text!r} must be comma-separated finite numbers, e.g. 20,40,60")
+    return out
 
 
 def _guard_out(path: str, what: str, is_ours: Any, overwrite: bool) -> None:
@@ -470,7 +477,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else list(argv))
     command = "?"
     try:
-        args = _parse(argv)
+        try:
+            args = _parse(argv)
+        except SystemExit as e:  # argparse: --help (0) or a usage error, already printed as one line (2)
+            return int(e.code or 0)
         command = args.command
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from tl_persona.models import Message, ModelAdapter, TokenBatch, as_adapter, check_messages, pad_rows
 from tl_persona.tokens import SELECTIONS, Selection, check_selection, count_selected, select
+from tl_persona.validate import BadInput
 
 __all__ = [
     "Scope",
@@ -282,13 +283,15 @@ class PromptSet:
         return PromptSet(tuple(self.items[i] for i in indices), f"{self.source}[subset]")
 
     # ---------------------------------------------------------------- tokenizing
-    def tokenize(self, model: Any, *, max_length: int | None = None) -> "TokenizedPrompts":
+    def tokenize(self, model: Any, *, max_length: int | None = None, truncate: bool = False) -> "TokenizedPrompts":
         """Token ids of every prompt (+ response) with the prompt/response boundary.
 
         Chats use the model's chat template (:meth:`ModelAdapter.format_chat`); a response is
         tokenized after the prompt's tokens, so the prompt tokens are exactly those the model sees
-        when it generates the response. Rows longer than ``max_length`` (default the model's
-        ``n_ctx``) are truncated from the right, with a warning.
+        when it generates the response. A row longer than ``max_length`` (default the model's
+        ``n_ctx``) is an error naming the prompt and its length, unless ``truncate`` is given: then
+        such rows are cut from the right, with a warning (a cut prompt loses its response and last
+        prompt token).
         """
         adapter = as_adapter(model)
         limit = max_length or int(getattr(adapter.model.cfg, "n_ctx", 0) or 0) or None
@@ -298,6 +301,12 @@ class PromptSet:
         for i, it in enumerate(self.items):
             ids, plen = _tokenize_item(adapter, it)
             if limit and len(ids) > limit:
+                if not truncate:
+                    raise BadInput(
+                        f"prompt {i} has {len(ids)} tokens, more than the model's context of {limit}; pass shorter "
+                        "prompts, or truncate=True to cut long ones from the right (they then lose their response "
+                        "and last prompt token)"
+                    )
                 cut += 1
                 ids = ids[:limit]
             if len(ids) == 0:
@@ -471,6 +480,8 @@ def as_prompt_set(prompts: PromptsLike, *, chat: bool = False) -> PromptSet:
     """Coerce ``prompts`` into a :class:`PromptSet` (a PromptSet is returned as it is)."""
     if isinstance(prompts, PromptSet):
         return prompts
+    if prompts is None:
+        raise BadInput("prompts is None; pass a list of prompts, a JSONL path or a datasets.Dataset")
     if isinstance(prompts, os.PathLike) or (isinstance(prompts, str) and prompts.endswith(".jsonl")):
         return PromptSet.from_jsonl(prompts, chat=chat)
     if isinstance(prompts, str):

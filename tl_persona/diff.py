@@ -95,6 +95,7 @@ def collect(
     latents_per_prompt: Sequence[int] | Int[Tensor, " m"] | None = None,
     max_tokens: int | None = None,
     distributed: bool | None = None,
+    truncate: bool = False,
 ) -> LatentStats:
     """Stream per-latent statistics of ``sae`` over ``model``'s activations on a token scope.
 
@@ -105,7 +106,8 @@ def collect(
     statistics are float64. With ``latents_per_prompt`` the result's ``per_prompt`` tracker holds
     those latents' per-prompt sums. When a ``torch.distributed`` process group is initialized (and
     ``distributed`` is not False) each rank takes a shard of the prompts and every rank returns the
-    reduced, global statistics. ``sae`` may also be any :class:`~tl_persona.engine.Encoder`.
+    reduced, global statistics. ``sae`` may also be any :class:`~tl_persona.engine.Encoder`. A prompt
+    longer than the model's context is an error unless ``truncate`` (then it is cut, with a warning).
     """
     scope = check_scope(scope)
     adapter = as_adapter(model)
@@ -115,7 +117,7 @@ def collect(
     if latents_per_prompt is not None:
         track = [check_latents(sae, latents_per_prompt, "latents_per_prompt").tolist()] if hasattr(sae, "cfg") \
             else [latents_per_prompt]
-    tp = as_prompt_set(prompts).tokenize(adapter)
+    tp = as_prompt_set(prompts).tokenize(adapter, truncate=truncate)
     res = stream([adapter], [enc], tp, scope, batch_size=batch_size, max_tokens=max_tokens, seed=None,
                  track=track, distributed=distributed)
     stats = res.stats[0][0]
@@ -218,6 +220,7 @@ def diff_latents(
     distributed: bool | None = None,
     one_model_at_a_time: bool = False,
     device: torch.device | str | None = None,
+    truncate: bool = False,
 ) -> "LatentDiff":
     """Rank SAE latents by the change of their mean activation from ``base`` to ``finetuned``.
 
@@ -232,7 +235,8 @@ def diff_latents(
     over ranks when a process group is initialized. ``one_model_at_a_time`` runs the base model over
     all prompts, then the fine-tuned one (each moved to ``device`` for its own pass, when given), for
     two models that do not fit on the device together: the result is the same. ``sae`` may also be
-    any :class:`~tl_persona.engine.Encoder` (e.g. :class:`~tl_persona.directions.Projection`).
+    any :class:`~tl_persona.engine.Encoder` (e.g. :class:`~tl_persona.directions.Projection`). A prompt
+    longer than the model's context is an error unless ``truncate`` (then it is cut, with a warning).
     """
     scope = check_scope(scope)
     per_prompt_top = nonneg_int(per_prompt_top, "per_prompt_top", fix="0 keeps no per-prompt values")
@@ -240,7 +244,7 @@ def diff_latents(
     enc = _encoder(sae, hook_name, dtype)
     hook = _check_pair(a0, a1, enc)
     ps = as_prompt_set(prompts)
-    tp = ps.tokenize(a0)
+    tp = ps.tokenize(a0, truncate=truncate)
     res = stream([a0, a1], [enc], tp, scope, batch_size=batch_size, max_tokens=max_tokens, seed=seed,
                  track_top=per_prompt_top, distributed=distributed, one_model_at_a_time=one_model_at_a_time,
                  device=device)
