@@ -57,7 +57,8 @@ def _add_sae_opts(p: argparse.ArgumentParser) -> None:
 
 def _add_prompt_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", default=None,
-                   help="prompt file: JSONL ({messages}/{prompt}/{text}), CSV or YAML questions; or organism:eval[:domain,...]")
+                   help="prompt file: JSONL ({messages}/{prompt}/{text}), CSV or YAML questions, token ids (.pt tensor "
+                        "or a datasets folder with input_ids/tokens; diff and inspect); or organism:eval[:domain,...]")
     p.add_argument("--prompt", action="append", default=[], help="a single user prompt (repeatable)")
     p.add_argument("--limit", type=_positive_int, default=None, help="use at most this many prompts (>= 1)")
 
@@ -237,6 +238,8 @@ def _prompts(args: argparse.Namespace) -> list[Any]:
             if domains and not set(domains) <= set(evals):
                 raise UsageError(f"unknown organism domain(s) {sorted(set(domains) - set(evals))}; "
                                  f"have {sorted(evals)}")
+        elif Path(spec).suffix == ".pt" or (Path(spec).is_dir() and (Path(spec) / "dataset_info.json").exists()):
+            out += _token_prompts(args, spec)
         elif Path(spec).suffix in (".yaml", ".yml", ".csv") or _is_question_jsonl(spec):
             from tl_persona.evals.questions import expand_questions, load_questions
 
@@ -251,6 +254,27 @@ def _prompts(args: argparse.Namespace) -> list[Any]:
     if not out:
         raise UsageError("no prompts; pass --prompts FILE or --prompt TEXT")
     return out
+
+
+def _token_prompts(args: argparse.Namespace, spec: str) -> list[Any]:
+    """Token prompts for diff and inspect: a ``.pt`` file holding a ``[batch, pos]`` tensor (or a dict
+    with ``tokens`` and ``attention_mask``), or a ``datasets`` folder (``save_to_disk``) with an
+    ``input_ids``/``tokens`` column."""
+    from tl_persona.data import PromptSet
+
+    if args.command not in ("diff", "inspect"):
+        raise UsageError(f"--prompts {spec!r} holds token ids, which {args.command} cannot answer; pass chat prompts")
+    if Path(spec).suffix == ".pt":
+        import torch
+
+        obj = torch.load(spec, map_location="cpu", weights_only=True)
+        ps = (PromptSet.from_tokens(obj["tokens"], attention_mask=obj.get("attention_mask"))
+              if isinstance(obj, dict) else PromptSet.from_tokens(obj))
+    else:
+        from datasets import load_from_disk
+
+        ps = PromptSet.from_dataset(load_from_disk(spec))
+    return [list(it.tokens) for it in ps.items if it.tokens is not None] or [it for it in ps.items]
 
 
 def _is_question_jsonl(spec: str) -> bool:

@@ -73,14 +73,23 @@ class PromptItem:
 
     prompt: Union[str, tuple[Message, ...]]
     response: str | None = None
+    tokens: tuple[int, ...] | None = None
 
     @property
     def is_chat(self) -> bool:
         """True when the prompt is a conversation (rendered with the chat template)."""
-        return not isinstance(self.prompt, str)
+        return self.tokens is None and not isinstance(self.prompt, str)
+
+    @property
+    def is_tokens(self) -> bool:
+        """True when the item is token ids, taken as they are (TransformerLens' native input)."""
+        return self.tokens is not None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``{"messages": [...]}`` for chats, ``{"prompt", "response"}`` for text."""
+        """A JSON-ready dict: ``{"messages": [...]}`` for chats, ``{"prompt", "response"}`` for text,
+        ``{"tokens": [...]}`` for token ids."""
+        if self.tokens is not None:
+            return {"tokens": list(self.tokens)}
         if self.is_chat:
             msgs = [dict(m) for m in self.prompt]  # type: ignore[union-attr]
             if self.response is not None:
@@ -118,10 +127,28 @@ def _prompt_part(obj: Any, chat: bool, where: str) -> Union[str, tuple[Message, 
     return msgs
 
 
+def _token_ids(obj: Any) -> tuple[int, ...] | None:
+    """``obj`` as token ids when it is a 1-D integer tensor/array or a non-empty list of ints, else None."""
+    if isinstance(obj, (str, bytes, Mapping)):
+        return None
+    if isinstance(obj, Tensor) or type(obj).__module__ == "numpy":
+        if getattr(obj, "ndim", None) == 1 and "int" in str(obj.dtype):
+            return tuple(int(i) for i in obj.tolist())
+        return None
+    if isinstance(obj, Sequence) and len(obj) and all(
+        isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in obj
+    ):
+        return tuple(int(i) for i in obj)
+    return None
+
+
 def _parse_item(obj: Any, where: str, chat: bool) -> PromptItem:
     """One row of any accepted format -> :class:`PromptItem` (errors name ``where``)."""
     if isinstance(obj, PromptItem):
         return obj
+    ids = _token_ids(obj)
+    if ids is not None:
+        return PromptItem("", None, ids)
     if isinstance(obj, str):
         if not obj:
             raise ValueError(f"{where}: empty text; drop empty prompts")
@@ -230,6 +257,58 @@ class PromptSet:
         return cls(items, source)
 
     @classmethod
+    def from_tokens(
+        cls,
+        tokens: Int[Tensor, "batch pos"] | Sequence[Sequence[int]],
+        *,
+        attention_mask: Bool[Tensor, "batch pos"] | None = None,
+        lengths: Sequence[int] | Int[Tensor, " batch"] | None = None,
+        source: str = "tokens",
+    ) -> "PromptSet":
+        """Prompts from token ids, TransformerLens' native input: a ``[batch, pos]`` tensor (each row
+        cut to its real tokens by ``attention_mask`` or ``lengths``, else taken whole) or a list of
+        token-id lists.
+
+        Tokens are taken as they are: nothing is added. A leading BOS (the tokenizer's
+        ``bos_token_id``, on a model that prepends one) is recognised and excluded from every scope,
+        exactly as on the text path, so the same tokens give the same results. Token prompts have
+        no response: their scopes are ``"all"`` / ``"prompt"`` (every token) and ``"last_prompt"``
+        (the last real token).
+        """
+        if isinstance(tokens, Tensor) or type(tokens).__module__ == "numpy":
+            t = torch.as_tensor(tokens)
+            if t.ndim != 2 or t.is_floating_point() or t.dtype == torch.bool:
+                raise BadInput(f"tokens must be an integer tensor of shape [batch, pos], got {t.dtype} of shape "
+                               f"{tuple(t.shape)}")
+            if attention_mask is not None and lengths is not None:
+                raise BadInput("pass attention_mask or lengths, not both")
+            rows: list[Any] = []
+            for i in range(t.shape[0]):
+                if attention_mask is not None:
+                    m = torch.as_tensor(attention_mask)
+                    if tuple(m.shape) != tuple(t.shape):
+                        raise BadInput(f"attention_mask has shape {tuple(m.shape)} but tokens {tuple(t.shape)}")
+                    rows.append(t[i][m[i].bool()])
+                elif lengths is not None:
+                    n = int(torch.as_tensor(lengths)[i])
+                    if not 0 < n <= t.shape[1]:
+                        raise BadInput(f"lengths[{i}]={n} must lie in 1..{t.shape[1]}")
+                    rows.append(t[i, :n])
+                else:
+                    rows.append(t[i])
+        else:
+            if attention_mask is not None or lengths is not None:
+                raise BadInput("attention_mask/lengths go with a [batch, pos] tensor; a list of rows has its lengths")
+            rows = list(tokens)
+        items = []
+        for i, r in enumerate(rows):
+            ids = _token_ids(r)
+            if ids is None:
+                raise BadInput(f"token row {i} is not a non-empty list of int token ids: {r!r:.60}")
+            items.append(PromptItem("", None, ids))
+        return cls(tuple(items), source)
+
+    @classmethod
     def from_jsonl(cls, path: str | os.PathLike, *, chat: bool = False) -> "PromptSet":
         """Prompts from a JSONL file, one object per line.
 
@@ -252,10 +331,14 @@ class PromptSet:
         if column is not None and column not in cols:
             raise ValueError(f"column {column!r} is not in the dataset (columns: {cols})")
         if column is None and not {"messages", "prompt", "text"} & set(cols):
-            raise ValueError(
-                f"the dataset has no 'messages', 'prompt' or 'text' column (columns: {cols}); "
-                "pass column=<the column holding the prompts>"
-            )
+            tok_col = next((c for c in ("input_ids", "tokens") if c in cols), None)
+            if tok_col is None:
+                raise ValueError(
+                    f"the dataset has no 'messages', 'prompt', 'text', 'input_ids' or 'tokens' column (columns: "
+                    f"{cols}); pass column=<the column holding the prompts>"
+                )
+            name = getattr(getattr(dataset, "info", None), "dataset_name", None) or "dataset"
+            return cls.from_tokens([row[tok_col] for row in dataset], source=f"dataset:{name}:{tok_col}")
         items = []
         for i, row in enumerate(dataset):
             obj = row[column] if column is not None else row
@@ -319,13 +402,21 @@ class PromptSet:
                 "pass shorter prompts or a model with a longer context",
                 stacklevel=2,
             )
-        bos = getattr(adapter.tokenizer, "bos_token_id", None)
-        has_bos = np.array([adapter.prepends_bos and bos is not None and r[0] == bos for r in rows], dtype=bool)
+        tok = getattr(adapter.model, "tokenizer", None)
+        bos = getattr(tok, "bos_token_id", None)
+        prepends = bool(getattr(adapter.model.cfg, "default_prepend_bos", True)) and bos is not None
+        has_bos = np.array([prepends and r[0] == bos for r in rows], dtype=bool)
         return TokenizedPrompts(rows, np.asarray(plens, dtype=np.int64), has_bos, adapter, self.content_hash)
 
 
 def _tokenize_item(adapter: ModelAdapter, it: PromptItem) -> tuple[list[int], int]:
     """Token ids of one item and the number of prompt tokens (BOS included)."""
+    if it.tokens is not None:
+        d_vocab = int(getattr(adapter.model.cfg, "d_vocab", 0) or 0)
+        bad = [t for t in it.tokens if t < 0 or (d_vocab and t >= d_vocab)]
+        if bad:
+            raise BadInput(f"token id {bad[0]} is outside the model's vocabulary (0..{d_vocab - 1})")
+        return list(it.tokens), len(it.tokens)
     tok = adapter.tokenizer
     if not it.is_chat:
         ids = adapter.encode_text(it.prompt)  # type: ignore[arg-type]
@@ -458,7 +549,8 @@ class TokenizedPrompts:
     def make_batch(self, indices: Sequence[int] | np.ndarray) -> PromptBatch:
         """The prompts at ``indices`` as one right-padded :class:`PromptBatch` on the model's device."""
         idx = np.asarray(indices, dtype=np.int64)
-        tokens, attn = pad_rows([self.rows[i] for i in idx], getattr(self.adapter.tokenizer, "pad_token_id", None))
+        tok = getattr(self.adapter.model, "tokenizer", None)
+        tokens, attn = pad_rows([self.rows[i] for i in idx], getattr(tok, "pad_token_id", None))
         bos = torch.zeros_like(attn)
         bos[:, 0] = torch.from_numpy(self.has_bos[idx])
         dev = self.adapter.device
@@ -471,9 +563,12 @@ class TokenizedPrompts:
             yield self.make_batch(idx)
 
 
-PromptsLike = Union[PromptSet, Sequence[Any], str, os.PathLike, Any]
-"""Anything :func:`as_prompt_set` accepts: a :class:`PromptSet`, a list of prompts, a path to a
-JSONL file (``pathlib.Path``, or a string ending in ``.jsonl``) or a ``datasets.Dataset``."""
+PromptsLike = Union[PromptSet, Sequence[Any], str, os.PathLike, Tensor, Any]
+"""Anything :func:`as_prompt_set` accepts: a :class:`PromptSet`, a list of prompts (texts,
+conversations, pairs, or token-id lists), a ``[batch, pos]`` token tensor (every row whole; use
+:meth:`PromptSet.from_tokens` with ``attention_mask`` or ``lengths`` for padded rows), a path to a
+JSONL file (``pathlib.Path``, or a string ending in ``.jsonl``) or a ``datasets.Dataset`` (text,
+chat, or an ``input_ids``/``tokens`` column)."""
 
 
 def as_prompt_set(prompts: PromptsLike, *, chat: bool = False) -> PromptSet:
@@ -481,7 +576,9 @@ def as_prompt_set(prompts: PromptsLike, *, chat: bool = False) -> PromptSet:
     if isinstance(prompts, PromptSet):
         return prompts
     if prompts is None:
-        raise BadInput("prompts is None; pass a list of prompts, a JSONL path or a datasets.Dataset")
+        raise BadInput("prompts is None; pass a list of prompts, a JSONL path, token ids or a datasets.Dataset")
+    if isinstance(prompts, Tensor) or type(prompts).__module__ == "numpy":
+        return PromptSet.from_tokens(prompts)
     if isinstance(prompts, os.PathLike) or (isinstance(prompts, str) and prompts.endswith(".jsonl")):
         return PromptSet.from_jsonl(prompts, chat=chat)
     if isinstance(prompts, str):
