@@ -113,13 +113,13 @@ def test_bootstrap_ratio_delta():
     counts = rng.integers(1, 20, size=200)
     a = rng.random(200) * counts
     b = a + counts * (0.5 + 0.1 * rng.standard_normal(200))
-    est, lo, hi = bootstrap_ratio_delta(a, b, counts, n_boot=500, alpha=0.05, seed=1)
+    est, lo, hi = bootstrap_ratio_delta(a, b, counts, n_boot=500, confidence=0.95, seed=1)
     assert est == pytest.approx((b - a).sum() / counts.sum())
     assert lo < est < hi and 0.45 < lo and hi < 0.55
-    assert bootstrap_ratio_delta(a, b, counts, n_boot=500, alpha=0.05, seed=1) == (est, lo, hi)
-    same = bootstrap_ratio_delta(a, a + counts, counts, n_boot=50, alpha=0.1, seed=0)
+    assert bootstrap_ratio_delta(a, b, counts, n_boot=500, confidence=0.95, seed=1) == (est, lo, hi)
+    same = bootstrap_ratio_delta(a, a + counts, counts, n_boot=50, confidence=0.9, seed=0)
     assert same == pytest.approx((1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="n_boot"):
-        bootstrap_ratio_delta(a, b, counts, n_boot=0, alpha=0.05, seed=0)
-    with pytest.raises(ValueError, match="alpha"):
-        bootstrap_ratio_delta(a, b, counts, n_boot=10, alpha=1.5, seed=0)
+        bootstrap_ratio_delta(a, b, counts, n_boot=0, confidence=0.95, seed=0)
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_ratio_delta(a, b, counts, n_boot=10, confidence=1.5, seed=0)

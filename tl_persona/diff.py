@@ -196,12 +196,12 @@ class DeltaCI:
     delta: float
     lo: float
     hi: float
-    alpha: float
+    confidence: float
     n_prompts: int
 
     def __str__(self) -> str:
         return (f"latent {self.latent}: delta {self.delta:+.4g} [{self.lo:+.4g}, {self.hi:+.4g}] "
-                f"({100 * (1 - self.alpha):.0f}% CI, {self.n_prompts} prompts)")
+                f"({100 * self.confidence:.0f}% CI, {self.n_prompts} prompts)")
 
 
 def diff_latents(
@@ -436,7 +436,7 @@ class LatentDiff:
         return df
 
     # ---------------------------------------------------------------- per prompt
-    def bootstrap_ci(self, latent: int, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> DeltaCI:
+    def bootstrap_ci(self, latent: int, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> DeltaCI:
         """Percentile-bootstrap interval of ``latent``'s delta, resampling prompts.
 
         The statistic is the same token-pooled mean change as :attr:`delta` (recomputed on each
@@ -447,9 +447,9 @@ class LatentDiff:
         j = pp.column(latent)
         est, lo, hi = bootstrap_ratio_delta(
             pp.base_sums[:, j].numpy(), pp.finetuned_sums[:, j].numpy(), pp.counts.numpy(),
-            n_boot=n_boot, alpha=alpha, seed=seed,
+            n_boot=n_boot, confidence=confidence, seed=seed,
         )
-        return DeltaCI(int(latent), est, lo, hi, float(alpha), int((pp.counts > 0).sum()))
+        return DeltaCI(int(latent), est, lo, hi, float(confidence), int((pp.counts > 0).sum()))
 
     def per_prompt_means(self, latent: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-prompt mean activation of ``latent`` in (base, fine-tuned), in prompt order."""

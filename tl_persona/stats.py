@@ -451,19 +451,20 @@ def bootstrap_ratio_delta(
     counts: np.ndarray,
     *,
     n_boot: int,
-    alpha: float,
+    confidence: float = 0.95,
     seed: int,
 ) -> tuple[float, float, float]:
     """Token-pooled mean difference ``(sum b - sum a) / tokens`` and its percentile-bootstrap interval.
 
     Prompts are resampled with replacement (multinomial weights), and for each resample the pooled
     delta is recomputed, so the interval is for the same statistic as the point estimate.
-    Returns ``(estimate, lo, hi)``.
+    Returns ``(estimate, lo, hi)`` of the central ``confidence`` interval (e.g. 0.95).
     """
     if not isinstance(n_boot, int) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie strictly between 0 and 1 (e.g. 0.05), got {alpha!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1 (e.g. 0.95), got {confidence!r}")
+    alpha = 1.0 - confidence
     keep = counts > 0
     d = (sums_b - sums_a)[keep].astype(np.float64)
     c = counts[keep].astype(np.float64)
