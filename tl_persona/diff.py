@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ __all__ = [
     "collect",
     "diff_latents",
     "LatentDiff",
+    "LatentDiffSet",
     "PerPromptValues",
     "DeltaCI",
     "check_diff_path",
@@ -65,6 +66,7 @@ Direction = Literal["increase", "decrease"]
 RankBy = Literal["delta", "effect_size", "relative_delta"]
 
 FORMAT = "tl_persona.LatentDiff"
+SET_FORMAT = "tl_persona.LatentDiffSet"
 FORMAT_VERSION = 1
 _META_KEY = "tl_persona"
 _WRITE_CHUNK = 1 << 20
@@ -79,8 +81,24 @@ def _encoder(sae: Any, hook_name: str | None, dtype: torch.dtype | None) -> Enco
     return SAEEncoder(sae, hook_name, dtype)
 
 
-def _identity(enc: Encoder) -> dict[str, Any]:
-    return enc.identity()
+def _encoders(sae: Any, hook_name: str | None, dtype: torch.dtype | None) -> tuple[list[str] | None, list[Encoder]]:
+    """One SAE (keys None) or several: a list/tuple (keyed by hook name, plus a number when two SAEs
+    read one hook) or a mapping of names to SAEs. ``hook_name`` only goes with one SAE."""
+    if isinstance(sae, Mapping) or (isinstance(sae, (list, tuple)) and not hasattr(sae, "cfg")):
+        items = list(sae.items()) if isinstance(sae, Mapping) else [(None, v) for v in sae]
+        if not items:
+            raise BadInput("sae is an empty collection; pass at least one SAE")
+        if hook_name is not None:
+            raise BadInput("hook_name goes with one SAE; with several, each SAE reads the hook in its own metadata "
+                           "(set sae.cfg.metadata.hook_name, or wrap it: SAEEncoder(sae, hook_name=...))")
+        encs = [_encoder(v, None, dtype) for _, v in items]
+        hooks = [e.hook_name for e in encs]
+        keys = [str(k) if k is not None else (h if hooks.count(h) == 1 else f"{h}#{i}")
+                for i, ((k, _), h) in enumerate(zip(items, hooks))]
+        if len(set(keys)) != len(keys):
+            raise BadInput(f"two SAEs share the name {next(k for k in keys if keys.count(k) > 1)!r}; give each its own")
+        return keys, encs
+    return None, [_encoder(sae, hook_name, dtype)]
 
 
 def collect(
@@ -96,7 +114,7 @@ def collect(
     max_tokens: int | None = None,
     distributed: bool | None = None,
     truncate: bool = False,
-) -> LatentStats:
+) -> LatentStats | dict[str, LatentStats]:
     """Stream per-latent statistics of ``sae`` over ``model``'s activations on a token scope.
 
     Why: the mean (and spread, max, firing rate) of every latent over a prompt set, without ever
@@ -106,23 +124,30 @@ def collect(
     statistics are float64. With ``latents_per_prompt`` the result's ``per_prompt`` tracker holds
     those latents' per-prompt sums. When a ``torch.distributed`` process group is initialized (and
     ``distributed`` is not False) each rank takes a shard of the prompts and every rank returns the
-    reduced, global statistics. ``sae`` may also be any :class:`~tl_persona.engine.Encoder`. A prompt
-    longer than the model's context is an error unless ``truncate`` (then it is cut, with a warning).
+    reduced, global statistics. ``sae`` may also be any :class:`~tl_persona.engine.Encoder`, or several
+    (a list or a dict by name): one forward pass feeds them all, and a dict of statistics by name
+    (hook name for a list) comes back. A prompt longer than the model's context is an error unless
+    ``truncate`` (then it is cut, with a warning).
     """
     scope = check_scope(scope)
     adapter = as_adapter(model)
-    enc = _encoder(sae, hook_name, dtype)
-    adapter.check_hook(enc.hook_name)
+    keys, encs = _encoders(sae, hook_name, dtype)
+    for e in encs:
+        adapter.check_hook(e.hook_name)
     track = None
     if latents_per_prompt is not None:
+        if keys is not None:
+            raise BadInput("latents_per_prompt goes with one SAE; call collect once per SAE to track latents")
         track = [check_latents(sae, latents_per_prompt, "latents_per_prompt").tolist()] if hasattr(sae, "cfg") \
             else [latents_per_prompt]
     tp = as_prompt_set(prompts).tokenize(adapter, truncate=truncate)
-    res = stream([adapter], [enc], tp, scope, batch_size=batch_size, max_tokens=max_tokens, seed=None,
+    res = stream([adapter], encs, tp, scope, batch_size=batch_size, max_tokens=max_tokens, seed=None,
                  track=track, distributed=distributed)
-    stats = res.stats[0][0]
-    stats.per_prompt = res.trackers[0][0]
-    return stats
+    for e in range(len(encs)):
+        res.stats[0][e].per_prompt = res.trackers[0][e]
+    if keys is None:
+        return res.stats[0][0]
+    return {k: res.stats[0][e] for e, k in enumerate(keys)}  # type: ignore[return-value]
 
 
 def _check_pair(a: ModelAdapter, b: ModelAdapter, enc: Encoder) -> str:
@@ -221,7 +246,7 @@ def diff_latents(
     one_model_at_a_time: bool = False,
     device: torch.device | str | None = None,
     truncate: bool = False,
-) -> "LatentDiff":
+) -> "LatentDiff | LatentDiffSet":
     """Rank SAE latents by the change of their mean activation from ``base`` to ``finetuned``.
 
     Why: the paper's model-diffing instrument. Both models see the same tokens (checked: same
@@ -235,23 +260,30 @@ def diff_latents(
     over ranks when a process group is initialized. ``one_model_at_a_time`` runs the base model over
     all prompts, then the fine-tuned one (each moved to ``device`` for its own pass, when given), for
     two models that do not fit on the device together: the result is the same. ``sae`` may also be
-    any :class:`~tl_persona.engine.Encoder` (e.g. :class:`~tl_persona.directions.Projection`). A prompt
+    any :class:`~tl_persona.engine.Encoder` (e.g. :class:`~tl_persona.directions.Projection`), or
+    several SAEs at several layers (a list, or a dict by name): each batch then runs both models once,
+    up to the deepest hook, every SAE encodes its own hook's scope positions, and a
+    :class:`LatentDiffSet` of per-SAE diffs comes back (each equal to its single-SAE call). A prompt
     longer than the model's context is an error unless ``truncate`` (then it is cut, with a warning).
     """
     scope = check_scope(scope)
     per_prompt_top = nonneg_int(per_prompt_top, "per_prompt_top", fix="0 keeps no per-prompt values")
     a0, a1 = as_adapter(base), as_adapter(finetuned)
-    enc = _encoder(sae, hook_name, dtype)
-    hook = _check_pair(a0, a1, enc)
+    keys, encs = _encoders(sae, hook_name, dtype)
+    hooks = [_check_pair(a0, a1, e) for e in encs]
     ps = as_prompt_set(prompts)
     tp = ps.tokenize(a0, truncate=truncate)
-    res = stream([a0, a1], [enc], tp, scope, batch_size=batch_size, max_tokens=max_tokens, seed=seed,
+    res = stream([a0, a1], encs, tp, scope, batch_size=batch_size, max_tokens=max_tokens, seed=seed,
                  track_top=per_prompt_top, distributed=distributed, one_model_at_a_time=one_model_at_a_time,
                  device=device)
-    return _to_diff(res, 0, enc, hook, a0, a1, ps, per_prompt_top)
+    ids = (model_identity(a0), model_identity(a1))
+    diffs = [_to_diff(res, e, enc, h, ids, ps, per_prompt_top) for e, (enc, h) in enumerate(zip(encs, hooks))]
+    if keys is None:
+        return diffs[0]
+    return LatentDiffSet(dict(zip(keys, diffs)))  # type: ignore[return-value]
 
 
-def _to_diff(res: StreamResult, e: int, enc: Encoder, hook: str, a0: ModelAdapter, a1: ModelAdapter, ps: Any,
+def _to_diff(res: StreamResult, e: int, enc: Encoder, hook: str, ids: tuple[dict[str, Any], dict[str, Any]], ps: Any,
              per_prompt_top: int) -> "LatentDiff":
     """The engine's result for encoder ``e`` as a :class:`LatentDiff` with its provenance."""
     t = res.tracked[e]
@@ -262,8 +294,8 @@ def _to_diff(res: StreamResult, e: int, enc: Encoder, hook: str, a0: ModelAdapte
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "base": model_identity(a0),
-        "finetuned": model_identity(a1),
+        "base": ids[0],
+        "finetuned": ids[1],
         "sae": ident,
         "hook_name": hook,
         "prompts": {"hash": ps.content_hash, "n": len(ps), "source": ps.source, "n_tokens": res.n_tokens},
@@ -292,9 +324,33 @@ def _read_safetensors(path: Path, *, tensors: bool = True) -> tuple[dict[str, st
     return header, out
 
 
+_PP_FIELDS = ("latents", "prompt_ids", "counts", "base_sums", "finetuned_sums")
+
+
 def _is_saved_diff(path: Path) -> bool:
+    """A saved LatentDiff or LatentDiffSet (either may replace the other)."""
     header, _ = _read_safetensors(path, tensors=False)
     return _META_KEY in header and FORMAT in header[_META_KEY]
+
+
+def _load_saved(path: str | os.PathLike, fmt: str) -> tuple[Path, dict[str, Any], dict[str, Tensor]]:
+    """Path, provenance and tensors of a file saved as format ``fmt`` (clear errors otherwise)."""
+    path = Path(path)
+    if not path.exists() and path.with_name(path.name + ".safetensors").exists():
+        path = path.with_name(path.name + ".safetensors")
+    if not path.exists():
+        raise FileNotFoundError(f"no saved {fmt.split('.')[-1]} at {str(path)!r}")
+    header, tensors = _read_safetensors(path)
+    if _META_KEY not in header:
+        raise BadInput(f"{str(path)!r} is a safetensors file but not a saved {fmt.split('.')[-1]} (no provenance header)")
+    meta = json.loads(header[_META_KEY])
+    if meta.get("format") != fmt or int(meta.get("version", 0)) > FORMAT_VERSION:
+        hint = {FORMAT: "LatentDiff.load", SET_FORMAT: "LatentDiffSet.load"}.get(meta.get("format"), "")
+        raise BadInput(
+            f"{str(path)!r} holds format {meta.get('format')!r} v{meta.get('version')}; this reads {fmt} up to "
+            f"v{FORMAT_VERSION}" + (f" (read it with {hint})" if hint else " (upgrade tl_persona)")
+        )
+    return path, meta, tensors
 
 
 def check_diff_path(path: str | os.PathLike, *, overwrite: bool = False, option: str = "overwrite=True") -> Path:
@@ -470,6 +526,30 @@ class LatentDiff:
         return self.per_prompt
 
     # ---------------------------------------------------------------- persistence
+    def tensors(self, prefix: str = "") -> dict[str, Tensor]:
+        """Every tensor of the diff by name (what :meth:`save` writes), names prefixed by ``prefix``."""
+        out: dict[str, Tensor] = {}
+        for pre, s in (("base", self.base), ("finetuned", self.finetuned)):
+            for k, v in s.state_dict().items():
+                out[f"{prefix}{pre}.{k}"] = v
+        if self.per_prompt is not None:
+            pp = self.per_prompt
+            for k in _PP_FIELDS:
+                out[f"{prefix}per_prompt.{k}"] = getattr(pp, k).detach().cpu().contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor], meta: dict[str, Any], prefix: str = "") -> "LatentDiff":
+        """The diff whose :meth:`tensors` (with ``prefix``) and provenance are given."""
+        def stats(pre: str) -> LatentStats:
+            head = f"{prefix}{pre}."
+            return LatentStats.from_state_dict({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
+
+        pp = None
+        if f"{prefix}per_prompt.latents" in tensors:
+            pp = PerPromptValues(*(tensors[f"{prefix}per_prompt.{k}"] for k in _PP_FIELDS))
+        return cls(stats("base"), stats("finetuned"), pp, meta)
+
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the diff to one ``.safetensors`` file (tensors + JSON provenance in its header).
 
@@ -481,15 +561,7 @@ class LatentDiff:
         from safetensors.torch import save as st_save
 
         path = check_diff_path(path, overwrite=overwrite)
-        tensors: dict[str, Tensor] = {}
-        for pre, s in (("base", self.base), ("finetuned", self.finetuned)):
-            for k, v in s.state_dict().items():
-                tensors[f"{pre}.{k}"] = v
-        if self.per_prompt is not None:
-            pp = self.per_prompt
-            for k in ("latents", "prompt_ids", "counts", "base_sums", "finetuned_sums"):
-                tensors[f"per_prompt.{k}"] = getattr(pp, k).detach().cpu().contiguous()
-        data = st_save(tensors, metadata={_META_KEY: json.dumps(self.meta, sort_keys=True, default=str)})
+        data = st_save(self.tensors(), metadata={_META_KEY: json.dumps(self.meta, sort_keys=True, default=str)})
         atomic_write_bytes(path, data, chunk=_WRITE_CHUNK)
         return path
 
@@ -497,32 +569,114 @@ class LatentDiff:
     def load(cls, path: str | os.PathLike) -> "LatentDiff":
         """Read a diff written by :meth:`save`; a truncated file, a file of another kind or a folder
         is refused with a message naming the path."""
-        path = Path(path)
-        if not path.exists() and path.with_name(path.name + ".safetensors").exists():
-            path = path.with_name(path.name + ".safetensors")
-        if not path.exists():
-            raise FileNotFoundError(f"no saved LatentDiff at {str(path)!r}")
-        header, tensors = _read_safetensors(path)
-        if _META_KEY not in header:
-            raise BadInput(f"{str(path)!r} is a safetensors file but not a saved LatentDiff (no provenance header)")
-        meta = json.loads(header[_META_KEY])
-        if meta.get("format") != FORMAT or int(meta.get("version", 0)) > FORMAT_VERSION:
-            raise ValueError(
-                f"{str(path)!r} holds format {meta.get('format')!r} v{meta.get('version')}; this tl_persona reads "
-                f"{FORMAT} up to v{FORMAT_VERSION} (upgrade tl_persona)"
-            )
-
-        def stats(pre: str) -> LatentStats:
-            return LatentStats.from_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(pre + ".")})
-
-        pp = None
-        if "per_prompt.latents" in tensors:
-            pp = PerPromptValues(*(tensors[f"per_prompt.{k}"] for k in
-                                   ("latents", "prompt_ids", "counts", "base_sums", "finetuned_sums")))
-        return cls(stats("base"), stats("finetuned"), pp, meta)
+        path, meta, tensors = _load_saved(path, FORMAT)
+        return cls.from_tensors(tensors, meta)
 
     def __repr__(self) -> str:
         m = self.meta
         return (f"LatentDiff(d_sae={self.d_sae}, n_tokens={self.n_tokens}, scope={m.get('scope')!r}, "
                 f"hook={m.get('hook_name')!r}, base={m.get('base', {}).get('name')!r}, "
                 f"finetuned={m.get('finetuned', {}).get('name')!r})")
+
+
+# =========================================================================== several SAEs
+class LatentDiffSet(Mapping[str, LatentDiff]):
+    """Diffs of one base / fine-tuned pair with several SAEs (one per layer, say), keyed by name.
+
+    A read-only mapping ``name -> LatentDiff`` (names are hook names for a list of SAEs, or the keys
+    given), with the cross-layer views the paper's readers ask for: :meth:`table` (the top latents of
+    every SAE side by side, with intervals), :meth:`layer_profile` (the strongest increase per layer)
+    and :meth:`plot_layer_profile`; :meth:`save` / :meth:`load` keep the whole set in one file.
+    """
+
+    def __init__(self, diffs: Mapping[str, LatentDiff]) -> None:
+        if not diffs:
+            raise BadInput("a LatentDiffSet needs at least one diff")
+        self._diffs = dict(diffs)
+
+    def __getitem__(self, key: str) -> LatentDiff:
+        if key not in self._diffs:
+            raise KeyError(f"no diff named {key!r}; have {list(self._diffs)}")
+        return self._diffs[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._diffs)
+
+    def __len__(self) -> int:
+        return len(self._diffs)
+
+    def layer(self, key: str) -> int | None:
+        """The block index of the diff's hook (``blocks.6.hook_resid_post`` -> 6), or None."""
+        from tl_persona.models import hook_layer
+
+        return hook_layer(str(self[key].meta.get("hook_name", "")))
+
+    def table(self, k: int = 10, direction: Direction = "increase", *, by: RankBy = "delta", n_boot: int = 1000,
+              seed: int = 0) -> Any:
+        """The top ``k`` latents of every SAE in one ``pandas.DataFrame``: name, hook, layer, rank,
+        latent, delta with its bootstrap interval (NaN when the latent has no per-prompt values),
+        effect size and both means."""
+        import pandas as pd
+
+        rows = []
+        for key, d in self.items():
+            top = d.top(k, direction, by)
+            for r, (latent, row) in enumerate(top.iterrows(), start=1):
+                lo = hi = float("nan")
+                if d.per_prompt is not None and int(latent) in set(d.per_prompt.latents.tolist()):
+                    ci = d.bootstrap_ci(int(latent), n_boot=n_boot, seed=seed)
+                    lo, hi = ci.lo, ci.hi
+                rows.append({"sae": key, "hook": d.meta.get("hook_name"), "layer": self.layer(key), "rank": r,
+                             "latent": int(latent), "delta": float(row["delta"]), "delta_lo": lo, "delta_hi": hi,
+                             "effect_size": float(row["effect_size"]), "base_mean": float(row["base_mean"]),
+                             "finetuned_mean": float(row["finetuned_mean"])})
+        return pd.DataFrame(rows)
+
+    def layer_profile(self, *, by: RankBy = "delta", n_boot: int = 1000, seed: int = 0) -> Any:
+        """One row per SAE, in layer order: its strongest increase (latent, delta, interval, effect size)."""
+        t = self.table(1, "increase", by=by, n_boot=n_boot, seed=seed)
+        return t.sort_values(["layer", "sae"], na_position="last").reset_index(drop=True)
+
+    def plot_layer_profile(self, *, n_boot: int = 1000, seed: int = 0) -> Any:
+        """A matplotlib figure: the strongest increase per layer with its 95% interval."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        prof = self.layer_profile(n_boot=n_boot, seed=seed)
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        x = [la if la is not None and la == la else i for i, la in enumerate(prof["layer"])]
+        err = [(prof["delta"] - prof["delta_lo"]).clip(lower=0).fillna(0), (prof["delta_hi"] - prof["delta"]).clip(lower=0).fillna(0)]
+        ax.errorbar(x, prof["delta"], yerr=err, fmt="o-", capsize=4)
+        for xi, (_, r) in zip(x, prof.iterrows()):
+            ax.annotate(f"{r['latent']}", (xi, r["delta"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("largest mean increase")
+        ax.set_title("Strongest latent increase per layer (95% CI over prompts)")
+        fig.tight_layout()
+        return fig
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the whole set to one ``.safetensors`` file, atomically (as :meth:`LatentDiff.save`)."""
+        from safetensors.torch import save as st_save
+
+        path = check_diff_path(path, overwrite=overwrite)
+        tensors: dict[str, Tensor] = {}
+        for i, d in enumerate(self.values()):
+            tensors.update(d.tensors(prefix=f"{i}/"))
+        meta = {"format": SET_FORMAT, "version": FORMAT_VERSION, "keys": list(self),
+                "metas": [d.meta for d in self.values()]}
+        data = st_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True, default=str)})
+        atomic_write_bytes(path, data, chunk=_WRITE_CHUNK)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LatentDiffSet":
+        """Read a set written by :meth:`save` (clear errors for other files, as :meth:`LatentDiff.load`)."""
+        path, meta, tensors = _load_saved(path, SET_FORMAT)
+        return cls({k: LatentDiff.from_tensors(tensors, m, prefix=f"{i}/")
+                    for i, (k, m) in enumerate(zip(meta["keys"], meta["metas"]))})
+
+    def __repr__(self) -> str:
+        return f"LatentDiffSet({', '.join(f'{k!r}: d_sae={d.d_sae}' for k, d in self.items())})"
