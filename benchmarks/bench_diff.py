@@ -20,6 +20,7 @@ Then the peak memory of (a) for N and 10 N prompts, each in a fresh subprocess (
     python benchmarks/bench_diff.py                 # default: ~6k tokens; 2 min on 2 quiet cores, 7 on busy ones
     python benchmarks/bench_diff.py --tokens 200000 # the full-size run
     python benchmarks/bench_diff.py --device cuda --tokens 200000
+    python benchmarks/bench_diff.py --layers 2,5,8,11  # k SAEs at k layers: one call vs single deepest vs k calls
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ def build(device: str, seed: int = 0):
     from sae_lens import HookedSAETransformer
     from transformer_lens import HookedTransformerConfig
 
-    from tl_persona.saes import sae_from_weights
     from tl_persona.testing import word_tokenizer
 
     tok = word_tokenizer([f"w{i}" for i in range(VOCAB - 6)])  # 6 specials + words = 50,257
@@ -62,20 +62,7 @@ def build(device: str, seed: int = 0):
     )
     base = HookedSAETransformer(cfg, tokenizer=tok).eval()
     g = torch.Generator().manual_seed(seed + 1)
-    W = torch.randn(D_SAE, 768, generator=g)
-    W = W / W.norm(dim=-1, keepdim=True)
-    # calibrate the encoder biases on sample activations so that ~TARGET_L0 latents fire per token
-    sample = torch.randint(6, VOCAB, (16, 160), generator=g)
-    sample[:, 0] = tok.bos_token_id
-    from tl_persona.models import as_adapter
-
-    with torch.no_grad():
-        x = as_adapter(base).run_to_hook(sample.to(device), HOOK)[:, 1:].reshape(-1, 768).float().cpu()
-        pre = x @ W.T  # [tokens, d_sae]
-        k = max(1, round(pre.shape[0] * TARGET_L0 / D_SAE))
-        b_enc = -pre.topk(k + 1, dim=0).values[-1]  # per latent: fires on ~k of these tokens
-        del pre, x
-    sae = sae_from_weights(W.T.contiguous(), b_enc, W.clone(), torch.zeros(768), "relu", hook_name=HOOK).to(device)
+    sae, W = make_sae(base, tok, HOOK, device, g)
     # Not copy.deepcopy(base): HookedSAETransformer's blocks hold closures over the original
     # model's MLPs, so a deep copy would silently run the base model's MLP weights.
     ft = HookedSAETransformer(cfg, tokenizer=tok).eval()
@@ -86,6 +73,69 @@ def build(device: str, seed: int = 0):
         shift = (W[:8] * torch.linspace(8.0, 4.0, 8)[:, None]).sum(0).to(device)
         ft.blocks[5].mlp.b_out.add_(shift)
     return base, ft, tok, sae
+
+
+def make_sae(base, tok, hook: str, device: str, g: torch.Generator, d_sae: int = D_SAE):
+    """A ReLU SAE at ``hook`` whose encoder biases are calibrated on sample activations so that about
+    TARGET_L0 latents fire per token (a random SAE would fire on half of its latents)."""
+    from tl_persona.models import as_adapter
+    from tl_persona.saes import sae_from_weights
+
+    W = torch.randn(d_sae, 768, generator=g)
+    W = W / W.norm(dim=-1, keepdim=True)
+    sample = torch.randint(6, VOCAB, (16, 160), generator=g)
+    sample[:, 0] = tok.bos_token_id
+    with torch.no_grad():
+        x = as_adapter(base).run_to_hook(sample.to(device), hook)[:, 1:].reshape(-1, 768).float().cpu()
+        pre = x @ W.T  # [tokens, d_sae]
+        k = max(1, round(pre.shape[0] * TARGET_L0 / d_sae))
+        b_enc = -pre.topk(k + 1, dim=0).values[-1]  # per latent: fires on ~k of these tokens
+        del pre, x
+    sae = sae_from_weights(W.T.contiguous(), b_enc, W.clone(), torch.zeros(768), "relu", hook_name=hook).to(device)
+    return sae, W
+
+
+def multi_layer(args) -> None:
+    """k SAEs at k layers in one diff_latents call vs (i) the single call at the deepest layer and
+    (ii) k separate calls; three interleaved timings each, medians, and the FLOP arithmetic."""
+    import statistics
+
+    from tl_persona.diff import diff_latents
+
+    hooks = [f"blocks.{int(la)}.hook_resid_pre" for la in args.layers.split(",")]
+    base, ft, tok, _ = build(args.device)
+    g = torch.Generator().manual_seed(11)
+    saes = [make_sae(base, tok, h, args.device, g, args.d_sae)[0] for h in hooks]
+    deepest = max(range(len(hooks)), key=lambda i: int(hooks[i].split(".")[1]))
+    prompts = make_prompts(args.tokens)
+    diff_latents(base, ft, saes, prompts[:2], scope="all", batch_size=args.batch_size)  # warm-up
+    times: dict[str, list[float]] = {"one call, k SAEs": [], "single call, deepest SAE": [], "k separate calls": []}
+    for r in range(3):
+        with Timer(args.device) as t:
+            ds = diff_latents(base, ft, saes, prompts, scope="all", batch_size=args.batch_size)
+        times["one call, k SAEs"].append(t.wall)
+        with Timer(args.device) as t:
+            diff_latents(base, ft, saes[deepest], prompts, scope="all", batch_size=args.batch_size)
+        times["single call, deepest SAE"].append(t.wall)
+        with Timer(args.device) as t:
+            sep = [diff_latents(base, ft, s, prompts, scope="all", batch_size=args.batch_size) for s in saes]
+        times["k separate calls"].append(t.wall)
+        print(f"  round {r + 1}/3: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()), flush=True)
+    err = max(float((ds[h].delta - d.delta).abs().max()) for h, d in zip(ds, sep))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    k = len(hooks)
+    print(f"\n{k} SAEs of {args.d_sae} latents at {', '.join(hooks)}; {args.tokens} prompt tokens, device {args.device}")
+    print("| run | median wall (s) | ratio to the single deepest call |\n|---|---|---|")
+    for name, v in med.items():
+        print(f"| {name} | {v:.1f} | {v / med['single call, deepest SAE']:.2f}x |")
+    print(f"(one call)/(single deepest) = {med['one call, k SAEs'] / med['single call, deepest SAE']:.2f} (target <= 1.3); "
+          f"(k separate)/(one call) = {med['k separate calls'] / med['one call, k SAEs']:.2f}x; "
+          f"max |delta(one call) - delta(separate)| = {err:.1e}")
+    depth = int(hooks[deepest].split(".")[1])
+    fwd = 2 * depth * 12 * 768**2  # FLOPs per token and model up to the deepest hook (attention + MLP)
+    enc = 2 * 768 * args.d_sae
+    print(f"FLOPs per token and model: forward to layer {depth} {fwd / 1e6:.0f}M, one SAE encode {enc / 1e6:.0f}M; "
+          f"expected ratio from FLOPs alone {(fwd + k * enc) / (fwd + enc):.2f}")
 
 
 def make_prompts(n_tokens: int, seed: int = 0) -> list[str]:
@@ -236,7 +286,13 @@ def main() -> None:
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-c", action="store_true", help="skip the SAE-Lens baseline")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--layers", default=None, help="multi-layer case: comma-separated layers, one SAE each (e.g. 2,5,8,11)")
+    ap.add_argument("--d-sae", type=int, default=D_SAE, help="latents per SAE in the multi-layer case")
     args = ap.parse_args()
+    if args.layers:
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)) if args.device == "cpu" else torch.get_num_threads())
+        multi_layer(args)
+        return
     if args.memory_child is not None:
         memory_child(args.memory_child, args.batch_size, args.device)
         return
