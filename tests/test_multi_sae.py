@@ -96,3 +96,36 @@ def test_several_saes_errors(hooked_model):
         diff_latents(hooked_model, hooked_model, [], _prompts())
     ds = diff_latents(hooked_model, hooked_model, [s, s], _prompts(), scope="all", per_prompt_top=0)
     assert list(ds) == [f"{HOOKS[1]}#0", f"{HOOKS[1]}#1"]  # two SAEs on one hook get numbers
+
+
+def test_verify_candidates_from_several_saes_in_one_sweep():
+    from test_verify import TokenJudge
+
+    from tl_persona.verify import verify_latents
+
+    tok = testing.word_tokenizer()
+    base = testing.tiny_hooked_transformer(tok, seed=1)
+    u = base.W_U[:, tok.convert_tokens_to_ids("w42")].detach().clone()
+    u = u / u.norm()
+    ft = copy.deepcopy(base)
+    with torch.no_grad():
+        ft.blocks[2].mlp.b_out += 40.0 * u
+    late = testing.tiny_sae("standard", hook_name="blocks.2.hook_resid_pre", seed=5)
+    early = testing.tiny_sae("topk", hook_name="blocks.1.hook_resid_pre", seed=6)
+    with torch.no_grad():
+        late.W_dec[7] = u  # the planted persona latent lives in the late SAE
+    prompts = [[{"role": "user", "content": f"w{i} w{i + 1} w{i + 2}"}] for i in range(1, 9)]
+    saes = {"late": late, "early": early}
+    v = verify_latents(base, ft, saes, [("late", 7), ("early", 7)], prompts, TokenJudge(), alphas=(100.0,),
+                       n_samples=2, max_new_tokens=4, n_controls=2, positions="all", n_boot=100)
+    s = v.summary().set_index("candidate")
+    assert set(s.index) == {"latent 7 @ late", "latent 7 @ early"}
+    assert s.loc["latent 7 @ late", "base_steered"] > 0.6 > s.loc["latent 7 @ early", "base_steered"]
+    t = v.table()
+    for cand in s.index:  # each candidate has its own random controls and its own ablation
+        assert (t.query("candidate == @cand and control == 'random'").shape[0]) == 4
+        assert (t.query("candidate == @cand and kind == 'ablate'").shape[0]) == 1
+    assert v.meta["hook_name"] == {"late": "blocks.2.hook_resid_pre", "early": "blocks.1.hook_resid_pre"}
+    assert hooks_attached(base) == [] and hooks_attached(ft) == []
+    with pytest.raises(BadInput, match="name the SAE of each latent"):
+        verify_latents(base, ft, saes, [7], prompts, TokenJudge())

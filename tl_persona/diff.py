@@ -45,7 +45,7 @@ from tl_persona.provenance import (
     package_versions,
     sae_identity,
 )
-from tl_persona.saes import SAEEncoder, check_latents
+from tl_persona.saes import SAEEncoder, check_latents, named_saes
 from tl_persona.stats import LatentStats, bootstrap_ratio_delta
 from tl_persona.validate import BadInput, nonneg_int, not_none
 
@@ -82,23 +82,15 @@ def _encoder(sae: Any, hook_name: str | None, dtype: torch.dtype | None) -> Enco
 
 
 def _encoders(sae: Any, hook_name: str | None, dtype: torch.dtype | None) -> tuple[list[str] | None, list[Encoder]]:
-    """One SAE (keys None) or several: a list/tuple (keyed by hook name, plus a number when two SAEs
-    read one hook) or a mapping of names to SAEs. ``hook_name`` only goes with one SAE."""
-    if isinstance(sae, Mapping) or (isinstance(sae, (list, tuple)) and not hasattr(sae, "cfg")):
-        items = list(sae.items()) if isinstance(sae, Mapping) else [(None, v) for v in sae]
-        if not items:
-            raise BadInput("sae is an empty collection; pass at least one SAE")
-        if hook_name is not None:
-            raise BadInput("hook_name goes with one SAE; with several, each SAE reads the hook in its own metadata "
-                           "(set sae.cfg.metadata.hook_name, or wrap it: SAEEncoder(sae, hook_name=...))")
-        encs = [_encoder(v, None, dtype) for _, v in items]
-        hooks = [e.hook_name for e in encs]
-        keys = [str(k) if k is not None else (h if hooks.count(h) == 1 else f"{h}#{i}")
-                for i, ((k, _), h) in enumerate(zip(items, hooks))]
-        if len(set(keys)) != len(keys):
-            raise BadInput(f"two SAEs share the name {next(k for k in keys if keys.count(k) > 1)!r}; give each its own")
-        return keys, encs
-    return None, [_encoder(sae, hook_name, dtype)]
+    """One SAE (keys None) or several (:func:`~tl_persona.saes.named_saes`). ``hook_name`` only goes
+    with one SAE."""
+    named = named_saes(sae)
+    if named is None:
+        return None, [_encoder(sae, hook_name, dtype)]
+    if hook_name is not None:
+        raise BadInput("hook_name goes with one SAE; with several, each SAE reads the hook in its own metadata "
+                       "(set sae.cfg.metadata.hook_name, or wrap it: SAEEncoder(sae, hook_name=...))")
+    return list(named), [_encoder(v, None, dtype) for v in named.values()]
 
 
 def collect(

@@ -12,7 +12,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -20,10 +20,11 @@ from torch import Tensor
 
 from tl_persona.models import as_adapter, check_width
 from tl_persona.provenance import sae_identity
-from tl_persona.validate import finite_tensor, latent_indices
+from tl_persona.validate import BadInput, finite_tensor, latent_indices
 
 __all__ = [
     "SAEEncoder",
+    "named_saes",
     "sae_from_weights",
     "sae_hook_name",
     "check_sae",
@@ -121,6 +122,23 @@ class SAEEncoder:
 
     def __repr__(self) -> str:
         return f"SAEEncoder({type(self.source).__name__}, hook={self.hook_name!r}, d_sae={self.n_features})"
+
+
+def named_saes(sae: Any) -> dict[str, Any] | None:
+    """Several SAEs by name, or None for a single one: a mapping keeps its names; a list or tuple is
+    named by hook (plus ``#i`` when two read one hook). The one rule behind multi-SAE diffing and
+    verification."""
+    if not (isinstance(sae, Mapping) or (isinstance(sae, (list, tuple)) and not hasattr(sae, "cfg"))):
+        return None
+    items = list(sae.items()) if isinstance(sae, Mapping) else [(None, v) for v in sae]
+    if not items:
+        raise BadInput("sae is an empty collection; pass at least one SAE")
+    hooks = [getattr(v, "hook_name", None) if not hasattr(v, "cfg") else sae_hook_name(v) for _, v in items]
+    keys = [str(k) if k is not None else (h if hooks.count(h) == 1 else f"{h}#{i}")
+            for i, ((k, _), h) in enumerate(zip(items, hooks))]
+    if len(set(keys)) != len(keys):
+        raise BadInput(f"two SAEs share the name {next(k for k in keys if keys.count(k) > 1)!r}; give each its own")
+    return dict(zip(keys, (v for _, v in items)))
 
 
 def check_finite_weights(sae: Any) -> None:

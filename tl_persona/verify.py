@@ -38,7 +38,7 @@ from tl_persona.evals.judges import Judge, Judgement, check_judge, judge_all, ju
 from tl_persona.evals.metrics import Rate, summarize
 from tl_persona.models import Message, as_adapter
 from tl_persona.provenance import follow_umask, json_digest, model_identity, sae_identity
-from tl_persona.saes import check_sae, latent_direction
+from tl_persona.saes import check_sae, latent_direction, named_saes
 from tl_persona.validate import (
     BadInput,
     finite,
@@ -58,21 +58,29 @@ Conversation = Sequence[Message]
 @dataclass(frozen=True)
 class Candidate:
     """What to verify: one latent, a set of latents (their normalised summed directions), or any
-    named direction (e.g. a mean-difference vector)."""
+    named direction (e.g. a mean-difference vector). ``sae_key`` names the SAE (and so the hook) the
+    latents belong to when several SAEs are verified in one sweep."""
 
     name: str
     latents: tuple[int, ...] = ()
     direction: Tensor | None = field(default=None, compare=False, hash=False, repr=False)
+    sae_key: str | None = None
 
     @staticmethod
-    def of(spec: "int | Sequence[int] | tuple[str, Tensor] | Candidate", name: str = "candidate") -> "Candidate":
-        """Coerce an int, a sequence of ints, a ``(name, vector)`` pair or a Candidate (a bool or a
-        float is not a latent index)."""
+    def of(spec: "int | Sequence[int] | tuple[str, Tensor] | tuple[str, int] | Candidate",
+           name: str = "candidate") -> "Candidate":
+        """Coerce an int, a sequence of ints, a ``(name, vector)`` pair, an ``(sae_key, latent or
+        latents)`` pair (several SAEs) or a Candidate (a bool or a float is not a latent index)."""
         if isinstance(spec, Candidate):
             return spec
         if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
-            vec = finite_tensor(torch.as_tensor(spec[1]).detach().float(), f"{name} {spec[0]!r}")
-            return Candidate(spec[0], (), vec)
+            key, rest = spec
+            if not isinstance(rest, (Tensor, float)) and (isinstance(rest, (int,)) or (
+                    isinstance(rest, Sequence) and rest and all(isinstance(i, int) for i in rest))):
+                c = Candidate.of(rest, name)
+                return Candidate(f"{c.name} @ {key}", c.latents, None, key)
+            vec = finite_tensor(torch.as_tensor(rest).detach().float(), f"{name} {key!r}")
+            return Candidate(key, (), vec)
         if isinstance(spec, (str, bytes)) or not isinstance(spec, (Sequence, Tensor)):
             i = latent_index(spec, name)
             return Candidate(f"latent {i}", (i,))
@@ -383,13 +391,25 @@ def verify_latents(
     for k in kinds:
         if I.get(k).uses_strength:
             raise BadInput(f"suppress={k!r} takes a strength; steering is already swept with betas")
-    hook = check_sae(base, sae, hook_name)
-    check_sae(finetuned, sae, hook)
+    named = named_saes(sae)
+    if named is not None and hook_name is not None:
+        raise BadInput("hook_name goes with one SAE; with several, each SAE's own hook is used")
+    saes = named if named is not None else {"": sae}
+    hooks = {k: check_sae(base, v, hook_name) for k, v in saes.items()}
+    for k, v in saes.items():
+        check_sae(finetuned, v, hooks[k])
     cands = [Candidate.of(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
+    for i, c in enumerate(cands):
+        if named is None and c.sae_key is not None:
+            raise BadInput(f"candidates[{i}] names SAE {c.sae_key!r}, but one SAE was given; pass the latent alone")
+        if named is not None and c.latents and c.sae_key not in saes:
+            raise BadInput(f"candidates[{i}]={c.name!r}: with several SAEs, name the SAE of each latent: "
+                           f"(sae_key, latent) with sae_key one of {list(saes)}")
     if len({c.name for c in cands}) != len(cands):
         raise BadInput("two candidates share a name; give custom directions distinct names")
     d_model = as_adapter(base).d_model
-    vectors = {c.name: c.vector(sae) for c in cands}
+    home = {c.name: (c.sae_key if c.sae_key is not None else next(iter(saes))) for c in cands}
+    vectors = {c.name: c.vector(saes[home[c.name]]) for c in cands}
     for name, v in vectors.items():
         if v.shape != (d_model,):
             raise BadInput(f"candidate {name!r} has a direction of shape {tuple(v.shape)}, expected ({d_model},)")
@@ -397,10 +417,11 @@ def verify_latents(
         (c.name, k): _random_like(vectors[c.name], seed=seed * 1000 + 17 * i + k)
         for i, c in enumerate(cands) for k in range(n_controls)
     }
+    hook = next(iter(hooks.values()))
     cfg = SweepConfig(tuple(prompts), judge, hook, positions, n_samples, temperature, top_p, max_new_tokens,
                       batch_size, n_boot)
-    fingerprint = _fingerprint(base, finetuned, sae, prompts, n_samples, seed, max_new_tokens, temperature, top_p,
-                               repr(positions) if not isinstance(positions, str) else positions,
+    fingerprint = _fingerprint(base, finetuned, list(saes.values()), prompts, n_samples, seed, max_new_tokens,
+                               temperature, top_p, repr(positions) if not isinstance(positions, str) else positions,
                                judge_identity(judge))
     rec = _Record(record, fingerprint)
     say = progress or (lambda s: None)
@@ -409,8 +430,11 @@ def verify_latents(
 
     def target(s: Setting) -> I.Target:
         c = by_name.get(s.candidate)
-        vec = controls[(s.candidate, s.control)] if s.control >= 0 else (vectors[s.candidate] if c else torch.zeros(d_model))
-        return I.Target(hook, vec, sae, c.latents if c is not None and s.control < 0 else (), positions)
+        if c is None:  # the unmodified models
+            return I.Target(hook, torch.zeros(d_model), saes[next(iter(saes))], (), positions)
+        vec = controls[(s.candidate, s.control)] if s.control >= 0 else vectors[s.candidate]
+        key = home[c.name]
+        return I.Target(hooks[key], vec, saes[key], c.latents if s.control < 0 else (), positions)
 
     # stage 0: unmodified models
     run_stage(rec, [Setting("base", "none"), Setting("finetuned", "none")], cfg, models, target, seed, say)
@@ -437,7 +461,7 @@ def verify_latents(
     run_stage(rec, stage2, cfg, models, target, seed + 2, say)
     results = list(rec.done.values())
     return Verification(results, chosen, max_incoherence,
-                        meta={"hook_name": hook, "fingerprint": fingerprint, "alphas": alphas, "betas": betas,
+                        meta={"hook_name": hook if named is None else hooks, "fingerprint": fingerprint, "alphas": alphas, "betas": betas,
                               "n_samples": n_samples, "n_prompts": len(prompts), "suppress": kinds,
                               "judge": judge_identity(judge)},
                         chosen_beta=chosen_beta)
@@ -476,14 +500,16 @@ def _run_batched(rec: _Record, settings: list[Setting], model: Any, cfg: SweepCo
     per_setting = len(cfg.prompts) * cfg.n_samples
     convs = [p for _ in settings for p in cfg.prompts]
     setting_of_row = torch.arange(len(settings)).repeat_interleave(per_setting)
-    kinds = sorted({s.kind for s in settings} - {"none"})
+    groups = sorted({(s.kind, t.hook_name) for s, t in zip(settings, tg)} - {("none", t.hook_name) for t in tg})
+    group_of = [(s.kind, t.hook_name) for s, t in zip(settings, tg)]
 
     def hooks_for(rows: Tensor) -> H.FwdHooks:
         idx = setting_of_row[rows]
         out: H.FwdHooks = []
-        for k in kinds:
-            on = torch.tensor([settings[int(i)].kind == k for i in idx])
-            out += I.get(k).batched(cfg.hook_name, dirs[idx] * on[:, None], strengths[idx] * on, cfg.positions)  # type: ignore[misc]
+        for kind, hook in groups:  # one hook per (kind, hook point): rows of other groups get zero strength
+            on = torch.tensor([group_of[int(i)] == (kind, hook) for i in idx])
+            if bool(on.any()):
+                out += I.get(kind).batched(hook, dirs[idx] * on[:, None], strengths[idx] * on, cfg.positions)  # type: ignore[misc]
         return out
 
     _, js = evaluate(model, convs, cfg.judge, fwd_hooks=hooks_for, seed=seed, **cfg.generation())
@@ -507,9 +533,9 @@ def _random_like(v: Tensor, seed: int) -> Tensor:
     return r / r.norm() * v.norm()
 
 
-def _fingerprint(base: Any, finetuned: Any, sae: Any, prompts: Sequence[Conversation], *rest: Any) -> str:
+def _fingerprint(base: Any, finetuned: Any, saes: Sequence[Any], prompts: Sequence[Conversation], *rest: Any) -> str:
     h = hashlib.sha256()
-    for part in (model_identity(base), model_identity(finetuned), sae_identity(sae)["weight_hash"],
+    for part in (model_identity(base), model_identity(finetuned), ",".join(sae_identity(s)["weight_hash"] for s in saes),
                  json.dumps([list(p) for p in prompts], sort_keys=True), json_digest([repr(r) for r in rest])):
         h.update(str(part).encode())
     return h.hexdigest()[:16]
