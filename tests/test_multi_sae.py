@@ -129,3 +129,33 @@ def test_verify_candidates_from_several_saes_in_one_sweep():
     assert hooks_attached(base) == [] and hooks_attached(ft) == []
     with pytest.raises(BadInput, match="name the SAE of each latent"):
         verify_latents(base, ft, saes, [7], prompts, TokenJudge())
+
+
+def test_cli_sae_repeatable_for_diff_inspect_and_verify(tmp_path, capsys):
+    from tl_persona import organism
+    from tl_persona.cli import main
+
+    org = organism.load()
+    other = testing.tiny_sae("topk", d_in=org.base.cfg.d_model, d_sae=64, hook_name="blocks.3.hook_resid_pre", seed=2)
+    other.save_model(str(tmp_path / "sae3"))
+    sae_args = ["--sae", "organism:sae", "--sae", str(tmp_path / "sae3")]
+    hook = org.sae.cfg.metadata.hook_name
+    out = tmp_path / "set.safetensors"
+    rc = main(["diff", "--base", "organism:base", "--finetuned", "organism:misaligned", *sae_args,
+               "--prompts", "organism:eval:medical", "--limit", "20", "--top", "2", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "layer profile" in text and "blocks.3.hook_resid_pre" in text and hook in text
+    assert list(LatentDiffSet.load(out)) == [hook, "blocks.3.hook_resid_pre"]
+    rc = main(["inspect", "--model", "organism:base", *sae_args, "--prompts", "organism:eval:medical", "--limit", "8",
+               "--diff", str(out), "--top", "1", "-k", "2"])
+    text = capsys.readouterr().out
+    assert rc == 0 and text.count("### Latent") == 2 and "(layer 3)" in text
+    rc = main(["verify", "--base", "organism:base", "--finetuned", "organism:misaligned", *sae_args,
+               "--prompts", "organism:eval:medical", "--limit", "4", "--latent", f"{hook}:919",
+               "--latent", "blocks.3.hook_resid_pre:5", "--alphas", "20", "--n-samples", "1", "--n-controls", "1",
+               "--max-new-tokens", "4"])
+    text = capsys.readouterr().out
+    assert rc == 0 and f"latent 919 @ {hook}" in text and "latent 5 @ blocks.3.hook_resid_pre" in text
+    assert main(["verify", "--base", "organism:base", "--finetuned", "organism:misaligned", *sae_args,
+                 "--prompt", "x", "--latent", "919"]) == 2
+    assert "SAE:N" in capsys.readouterr().err

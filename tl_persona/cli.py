@@ -51,7 +51,9 @@ def _add_model_opts(p: argparse.ArgumentParser, *names: str) -> None:
 
 
 def _add_sae_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sae", required=False, help="SAE: release:sae_id, local SAE-Lens folder, or organism:sae")
+    p.add_argument("--sae", action="append", default=None,
+                   help="SAE: release:sae_id, local SAE-Lens folder, or organism:sae; repeat it for SAEs at several "
+                        "layers (one pass reads them all)")
     p.add_argument("--hook-name", default=None, help="override the SAE's hook point")
 
 
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_opts(p, "model")
     _add_sae_opts(p)
     _add_prompt_opts(p)
-    p.add_argument("--latent", type=int, action="append", default=[], help="latent index (repeatable)")
+    p.add_argument("--latent", action="append", default=[], help="latent index N, or SAE:N with several --sae (repeatable)")
     p.add_argument("--diff", default=None, help="a saved LatentDiff: inspect its top latents")
     p.add_argument("--top", type=int, default=3, help="with --diff: how many top latents (by increase)")
     p.add_argument("-k", type=int, default=5, help="contexts and tokens per card")
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_opts(p, "base", "finetuned")
     _add_sae_opts(p)
     _add_prompt_opts(p)
-    p.add_argument("--latent", type=int, action="append", default=[], help="candidate latent (repeatable)")
+    p.add_argument("--latent", action="append", default=[], help="candidate latent N, or SAE:N with several --sae (repeatable)")
     p.add_argument("--diff", default=None, help="a saved LatentDiff: verify its top latents")
     p.add_argument("--top", type=int, default=3)
     p.add_argument("--alphas", default="4,8,16,32", help="comma-separated positive steering strengths for the base model")
@@ -217,9 +219,16 @@ def _model(args: argparse.Namespace, spec: str) -> Any:
 
 
 def _sae(args: argparse.Namespace) -> Any:
+    """One SAE, or several named by their hooks (``--sae`` repeated)."""
     from tl_persona.loading import load_sae
+    from tl_persona.saes import named_saes
 
-    return load_sae(args.sae, device=args.device, hook_name=args.hook_name)
+    specs = [args.sae] if isinstance(args.sae, str) else list(args.sae)
+    if len(specs) == 1:
+        return load_sae(specs[0], device=args.device, hook_name=args.hook_name)
+    if args.hook_name:
+        raise UsageError("--hook-name goes with one --sae; with several, each SAE's own hook is used")
+    return named_saes([load_sae(sp, device=args.device) for sp in specs])
 
 
 def _prompts(args: argparse.Namespace) -> list[Any]:
@@ -316,7 +325,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from tl_persona.diff import diff_latents
+    from tl_persona.diff import LatentDiffSet, diff_latents
 
     _require(args, "base", "finetuned", "sae")
     if args.out:
@@ -326,26 +335,63 @@ def cmd_diff(args: argparse.Namespace) -> int:
     base, ft, sae = _model(args, args.base), _model(args, args.finetuned), _sae(args)
     d = diff_latents(base, ft, sae, _prompts(args), scope=args.scope, batch_size=args.batch_size,
                      hook_name=args.hook_name, seed=args.seed)
-    for direction in ("increase", "decrease"):
-        print(f"\ntop {args.top} latents by {direction}:")
-        print(d.top(args.top, direction).to_string())
+    if isinstance(d, LatentDiffSet):
+        for direction in ("increase", "decrease"):
+            print(f"\ntop {args.top} latents by {direction}, every SAE:")
+            print(d.table(args.top, direction).to_string(index=False))
+        print("\nlayer profile (strongest increase per SAE):")
+        print(d.layer_profile().to_string(index=False))
+    else:
+        for direction in ("increase", "decrease"):
+            print(f"\ntop {args.top} latents by {direction}:")
+            print(d.top(args.top, direction).to_string())
     if args.out:
-        for key, spec in (("base", args.base), ("finetuned", args.finetuned)):
-            d.meta.setdefault(key, {})["source"] = spec  # what the user named, beside the weight hash
+        for one in (d.values() if isinstance(d, LatentDiffSet) else [d]):
+            for key, spec in (("base", args.base), ("finetuned", args.finetuned)):
+                one.meta.setdefault(key, {})["source"] = spec  # what the user named, beside the weight hash
         path = d.save(args.out, overwrite=args.overwrite)
         print(f"\nsaved: {path}")
     return 0
 
 
-def _latents_from(args: argparse.Namespace) -> list[int]:
-    lat = list(args.latent)
+def _latents_from(args: argparse.Namespace, saes: Any = None) -> list[Any]:
+    """Candidate latents: ``--latent N`` (or ``--latent SAE:N`` with several SAEs, SAE a hook name)
+    and the top ``--top`` increases of a saved ``--diff`` (of every SAE of a saved set). With several
+    SAEs, each latent is an ``(sae, latent)`` pair."""
+    several = isinstance(saes, dict)
+    out: list[Any] = []
+    for spec in args.latent:
+        key, _, num = str(spec).rpartition(":")
+        try:
+            latent = int(num)
+        except ValueError:
+            raise UsageError(f"--latent {spec!r} must be a latent index N, or SAE:N with several SAEs") from None
+        if several:
+            if key not in saes:
+                raise UsageError(f"--latent {spec!r}: with several SAEs write SAE:N, SAE one of {list(saes)}")
+            out.append((key, latent))
+        elif key:
+            raise UsageError(f"--latent {spec!r}: SAE:N goes with several --sae; pass N alone")
+        else:
+            out.append(latent)
     if args.diff:
-        from tl_persona.diff import LatentDiff
+        from tl_persona.diff import LatentDiff, LatentDiffSet
 
-        lat += [int(i) for i in LatentDiff.load(args.diff).top(args.top, "increase").index]
-    if not lat:
+        try:
+            ds = LatentDiffSet.load(args.diff)
+            for key, d in ds.items():
+                if not several or key not in saes:
+                    raise UsageError(f"--diff {args.diff!r} holds SAEs {list(ds)}; pass the same --sae options")
+                out += [(key, int(i)) for i in d.top(args.top, "increase").index]
+        except BadInput as e:
+            if "LatentDiff.load" not in str(e):
+                raise
+            if several:
+                raise UsageError(f"--diff {args.diff!r} holds one SAE's diff but several --sae were given") from None
+            out += [int(i) for i in LatentDiff.load(args.diff).top(args.top, "increase").index]
+    if not out:
         raise UsageError("pass --latent N (repeatable) or --diff FILE")
-    return list(dict.fromkeys(lat))
+    return list(dict.fromkeys(out))
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -354,8 +400,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     _require(args, "model", "sae")
     model, sae = _model(args, args.model), _sae(args)
     prompts = _prompts(args)
-    for latent in _latents_from(args):
-        print(latent_card(model, sae, latent, prompts, k=args.k, hook_name=args.hook_name))
+    for item in _latents_from(args, sae):
+        key, latent = item if isinstance(item, tuple) else (None, item)
+        one = sae[key] if key is not None else sae
+        print(latent_card(model, one, latent, prompts, k=args.k, hook_name=None if key else args.hook_name))
         print()
     return 0
 
@@ -450,11 +498,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if hasattr(judge, "probe"):
         judge.probe()  # a dead judge URL fails in seconds, before any model loads
     base, ft, sae = _model(args, args.base), _model(args, args.finetuned), _sae(args)
-    v = verify_latents(base, ft, sae, _latents_from(args), _prompts(args), judge, alphas=alphas, betas=betas,
+    v = verify_latents(base, ft, sae, _latents_from(args, sae), _prompts(args), judge, alphas=alphas, betas=betas,
                        suppress=args.suppress,
                        max_incoherence=args.max_incoherence,
                        n_samples=args.n_samples, n_controls=args.n_controls, max_new_tokens=args.max_new_tokens,
-                       positions=args.positions, seed=args.seed, record=args.record, hook_name=args.hook_name,
+                       positions=args.positions, seed=args.seed, record=args.record,
+                       hook_name=None if isinstance(sae, dict) else args.hook_name,
                        progress=lambda s: print(s, file=sys.stderr))
     print(v.summary().to_string())
     if args.out:

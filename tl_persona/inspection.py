@@ -295,7 +295,11 @@ class LatentCard:
 
     def to_markdown(self) -> str:
         """The card as Markdown: a heading, statistics, the examples and the logit lens."""
-        lines = [f"### Latent {self.latent} at `{self.hook_name}`", ""]
+        from tl_persona.models import hook_layer
+
+        layer = hook_layer(self.hook_name)
+        where = f" (layer {layer})" if layer is not None else ""
+        lines = [f"### Latent {self.latent} at `{self.hook_name}`{where}", ""]
         lines.append(
             f"Fires on {100 * self.freq:.2f}% of {self.n_tokens:,} tokens; mean {self.mean:.4g}, max {self.max:.4g}."
         )
