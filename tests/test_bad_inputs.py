@@ -244,3 +244,28 @@ def test_cli_out_guard_runs_before_any_model_loads(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert rc == 2 and "--overwrite" in err and precious.read_text() == "my,own\n1,2\n", err
     json.dumps(err)
+
+
+def test_cli_report_refuses_a_truncated_verification_csv(tmp_path, capsys):
+    from tl_persona import organism
+
+    org = organism.load()
+    d = diff_latents(org.base, org.misaligned, org.sae, org.eval_prompts["medical"][:6], scope="last_prompt",
+                     per_prompt_top=2)
+    dp = d.save(tmp_path / "d")
+    header = "model,kind,candidate,control,control_seed,alpha,misaligned,misaligned_lo,misaligned_hi," \
+             "misaligned_coherent,incoherent,incoherent_lo,incoherent_hi,n"
+    full = header + "\nbase,none,,,-1,0.0,0.01,0.0,0.02,0.01,0.0,0.0,0.0,200\nbase,steer,latent 919,,-1,60.0,0.6,0.5,0.7,0.6,0.05,0.02,0.08,200\n"
+    good = tmp_path / "v.csv"
+    good.write_text(full)
+    assert main(["report", "--diff", str(dp), "--verification", str(good), "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    cut = tmp_path / "cut.csv"
+    cut.write_text(full[: full.rindex("0.6,0.05")])
+    assert main(["report", "--diff", str(dp), "--verification", str(cut), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "line 3 is incomplete" in err and "cut.csv" in err and len(err.strip().splitlines()) == 1
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    assert main(["report", "--diff", str(dp), "--verification", str(other), "--out", str(tmp_path / "r3")]) == 2
+    assert "not a table written by tl-persona verify" in capsys.readouterr().err

@@ -88,3 +88,23 @@ def test_reconstruction_quality_good_and_poor(model):
     with pytest.warns(UserWarning, match="poorly: FVU="):
         q = S.reconstruction_quality(model, poor, toks.tokens, attention_mask=toks.attention_mask)
     assert q.fvu > 0.5 and q.l0 <= 1.0
+
+
+def test_a_topk_sae_saved_by_sae_lens_loads_back_with_its_own_activation(tmp_path):
+    """The dependency floor (sae-lens >= 6.12.3, SAE-Lens #553): a TopK SAE comes back as a TopK SAE,
+    with exactly k latents active per token, through SAE-Lens' loader and ours."""
+    from sae_lens import SAE, TopKSAE
+
+    from tl_persona import testing
+    from tl_persona.loading import load_sae
+
+    sae = testing.tiny_sae("topk", d_in=32, d_sae=64, k=8, hook_name="blocks.1.hook_resid_pre")
+    with torch.no_grad():
+        sae.b_enc.fill_(5.0)  # every pre-activation positive, so the top k are all non-zero
+    sae.save_model(str(tmp_path / "topk"))
+    x = torch.randn(50, 32)
+    for back in (SAE.load_from_disk(str(tmp_path / "topk")), load_sae(str(tmp_path / "topk"))):
+        assert isinstance(back, TopKSAE)
+        f = back.encode(x)
+        assert ((f != 0).sum(-1) == 8).all()
+        torch.testing.assert_close(f, sae.encode(x))

@@ -514,6 +514,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_verification_csv(path: str) -> Any:
+    """A table written by ``tl-persona verify --out``; a file of another kind or a row cut short (a
+    truncated file) is an error naming the file and line."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--verification {path!r} is not a file")
+    if not _is_verification_csv(p):
+        raise UsageError(f"--verification {path!r} is not a table written by tl-persona verify --out "
+                         "(its header does not start with model,kind,candidate)")
+    try:
+        df = pd.read_csv(p)
+    except Exception as e:
+        raise UsageError(f"--verification {path!r} is not a readable CSV: {' '.join(str(e).split())}") from None
+    need = ["model", "kind", "candidate", "misaligned", "incoherent", "n"]
+    bad = df[need[:2] + need[3:]].isna().any(axis=1)
+    if bool(bad.any()):
+        line = int(bad.to_numpy().nonzero()[0][0]) + 2  # 1-based, after the header
+        raise UsageError(f"--verification {path!r}: line {line} is incomplete (a truncated file?); rerun "
+                         "tl-persona verify --out, or resume it with --record")
+    return df
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from tl_persona.diff import LatentDiff
     from tl_persona.report import Report
@@ -531,10 +555,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         r.heading(f"Top {args.top} latents by {direction}")
         r.table(d.top(args.top, direction).reset_index())
     if args.verification:
-        import pandas as pd
-
         r.heading("Causal verification")
-        r.table(pd.read_csv(args.verification))
+        r.table(_read_verification_csv(args.verification))
     r.data["diff_meta"] = d.meta
     out = r.write(args.out)
     print(f"report: {out / 'report.html'}")
