@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a results table")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("run", help="the whole pipeline on your own models from one config file (resumes)")
+    p.add_argument("config_file", nargs="?", default=None, help="YAML or JSON config (see --example)")
+    p.add_argument("--example", action="store_true", help="print a commented example config and exit")
+
     p = sub.add_parser("report", help="render a report folder from a saved diff and verification table")
     p.add_argument("--diff", required=True, help="a saved LatentDiff")
     p.add_argument("--verification", default=None, help="CSV written by `tl-persona verify --out`")
@@ -563,7 +567,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "diff": cmd_diff, "inspect": cmd_inspect, "generate": cmd_generate,
+def cmd_run(args: argparse.Namespace) -> int:
+    from tl_persona.run import example_config, load_config, run
+
+    if args.example:
+        print(example_config())
+        return 0
+    if not args.config_file:
+        raise UsageError("pass a config file: tl-persona run CONFIG.yaml (tl-persona run --example prints one)")
+    cfg = load_config(args.config_file)  # validated before any model loads
+    res = run(cfg, progress=lambda s: print(s, file=sys.stderr))
+    print(", ".join(f"{k}: {v}" for k, v in res.stages.items()))
+    print(f"report: {res.report / 'report.html'}")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "diff": cmd_diff, "inspect": cmd_inspect, "generate": cmd_generate,
             "verify": cmd_verify, "report": cmd_report}
 
 

@@ -37,7 +37,7 @@ from tl_persona.provenance import package_versions
 from tl_persona.stats import LatentStats, PerPromptTracker, dist_info, sparse_entries
 from tl_persona.validate import BadInput
 
-__all__ = ["Encoder", "Tracked", "StreamResult", "stream", "chunk_rows", "trim_heap", "scope_tokens_or_raise"]
+__all__ = ["Encoder", "Tracked", "StreamResult", "stream", "chunk_rows", "trim_heap", "scope_tokens_or_raise", "on_device"]
 
 # Feature values materialized at once (rows x features). On CPU a small chunk (16 MiB in float32) keeps
 # the C heap from fragmenting under buffers of varying size, which would let the peak memory creep up
@@ -112,7 +112,7 @@ def scope_tokens_or_raise(tp: TokenizedPrompts, scope: str) -> int:
 
 
 @contextlib.contextmanager
-def _on_device(adapter: ModelAdapter, device: torch.device | None) -> Iterator[None]:
+def on_device(adapter: ModelAdapter, device: torch.device | None) -> Iterator[None]:
     """Move the model to ``device`` for the body and back to where it was afterwards."""
     if device is None or adapter.device == device:
         yield
@@ -303,7 +303,7 @@ def stream(
 
         if one_model_at_a_time:
             for k, adapter in enumerate(models):
-                with _on_device(adapter, dev):
+                with on_device(adapter, dev):
                     for i in range(len(batches)):
                         pb, mask = batch(i)
                         _run_batch(adapter, encoders, pb, mask, sinks[k])

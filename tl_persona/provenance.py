@@ -64,7 +64,8 @@ def model_identity(model: Any) -> dict[str, Any]:
     edit confined to a few entries of a large matrix can escape it: it identifies, it does not
     checksum.
     """
-    m = getattr(model, "model", model)  # a ModelAdapter or the model itself
+    adapter = type(model).__name__ == "ModelAdapter"  # (the core imports nothing above it)
+    m = model.model if adapter else model
     h = hashlib.sha256()
     n = 0
     with torch.no_grad():
@@ -75,7 +76,7 @@ def model_identity(model: Any) -> dict[str, Any]:
     cfg = m.cfg
     default = str(getattr(cfg, "model_name", None) or type(m).__name__)
     return {
-        "name": getattr(model, "name", None) if m is not model else default,
+        "name": model.name if adapter else default,
         "class": type(m).__name__,
         "n_layers": int(cfg.n_layers),
         "d_model": int(cfg.d_model),

@@ -33,6 +33,7 @@ from torch import Tensor
 from tl_persona import hooks as H
 from tl_persona import interventions as I
 from tl_persona.data import read_utf8
+from tl_persona.engine import on_device
 from tl_persona.evals.generate import sample, to_judge_items
 from tl_persona.evals.judges import Judge, Judgement, check_judge, judge_all, judge_identity
 from tl_persona.evals.metrics import Rate, summarize
@@ -324,6 +325,7 @@ class SweepConfig:
     max_new_tokens: int = 32
     batch_size: int = 128
     n_boot: int = 1000
+    device: Any = None  # with it, each model is moved there for its own settings only
 
     def generation(self) -> dict[str, Any]:
         """The keyword arguments of :func:`evaluate` that this config fixes."""
@@ -356,6 +358,7 @@ def verify_latents(
     record: str | os.PathLike | None = None,
     n_boot: int = 1000,
     progress: Callable[[str], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> Verification:
     """Verify candidate latents causally, with random-direction controls and confidence intervals.
 
@@ -370,7 +373,8 @@ def verify_latents(
     alpha and beta. ``alphas`` are in the units of the direction (a decoder row as stored; pass
     ``Candidate`` directions pre-scaled for other units). ``record`` is a JSON-lines file: settings
     already in it are not run again (its fingerprint covers models, SAE, prompts, sampling and the
-    judge's identity).
+    judge's identity). With ``device``, each model is moved there only for its own settings and back
+    afterwards (two models that do not fit on the device together).
     """
     if prompts is None or isinstance(prompts, (str, bytes)) or len(prompts) == 0:
         raise BadInput(f"prompts={prompts!r:.60}: verify_latents needs at least one prompt (a list of conversations)")
@@ -419,7 +423,7 @@ def verify_latents(
     }
     hook = next(iter(hooks.values()))
     cfg = SweepConfig(tuple(prompts), judge, hook, positions, n_samples, temperature, top_p, max_new_tokens,
-                      batch_size, n_boot)
+                      batch_size, n_boot, torch.device(device) if device is not None else None)
     fingerprint = _fingerprint(base, finetuned, list(saes.values()), prompts, n_samples, seed, max_new_tokens,
                                temperature, top_p, repr(positions) if not isinstance(positions, str) else positions,
                                judge_identity(judge))
@@ -476,16 +480,19 @@ def run_stage(
     todo = [s for s in settings if s.key not in rec.done]
     for model_name, model in models.items():
         mine = [s for s in todo if s.model == model_name]
-        rows = [s for s in mine if I.get(s.kind).batched is not None]
-        if rows:
-            say(f"{model_name}: {len(rows)} steering settings x {len(cfg.prompts)} prompts x {cfg.n_samples} samples")
-            _run_batched(rec, rows, model, cfg, target, seed)
-        for s in (s for s in mine if I.get(s.kind).batched is None):
-            say(f"{model_name}: {s.kind} {s.candidate}")
-            kind = I.get(s.kind)
-            rates, js = evaluate(model, cfg.prompts, cfg.judge, fwd_hooks=kind.build(target(s), s.alpha), seed=seed,
-                                 **cfg.generation())
-            rec.add(_result(s, rates, js))
+        if not mine:
+            continue
+        with on_device(as_adapter(model), cfg.device):
+            rows = [s for s in mine if I.get(s.kind).batched is not None]
+            if rows:
+                say(f"{model_name}: {len(rows)} steering settings x {len(cfg.prompts)} prompts x {cfg.n_samples} samples")
+                _run_batched(rec, rows, model, cfg, target, seed)
+            for s in (s for s in mine if I.get(s.kind).batched is None):
+                say(f"{model_name}: {s.kind} {s.candidate}")
+                kind = I.get(s.kind)
+                rates, js = evaluate(model, cfg.prompts, cfg.judge, fwd_hooks=kind.build(target(s), s.alpha),
+                                     seed=seed, **cfg.generation())
+                rec.add(_result(s, rates, js))
 
 
 def _run_batched(rec: _Record, settings: list[Setting], model: Any, cfg: SweepConfig,
