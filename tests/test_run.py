@@ -166,3 +166,11 @@ def test_example_config_is_valid_and_documents_every_key(tmp_path, capsys):
         assert f"  {f.name}:" in text and f.help[:30] in text
         assert f.name in cfg[f.section]
     assert example_config() == text.rstrip("\n") or example_config() + "\n" == text
+
+
+def test_docs_config_reference_is_generated_from_the_schema():
+    from tl_persona.run import schema_markdown
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "your-models.md").read_text()
+    table = text.split("<!-- schema:start -->\n", 1)[1].split("\n<!-- schema:end -->", 1)[0]
+    assert table == schema_markdown(), "regenerate the table: python -c 'from tl_persona.run import schema_markdown; print(schema_markdown())'"

@@ -25,7 +25,8 @@ from tl_persona.provenance import atomic_write_text, json_digest
 from tl_persona.tokens import SELECTIONS
 from tl_persona.validate import BadInput
 
-__all__ = ["Field", "SCHEMA", "RunConfig", "load_config", "example_config", "run", "RunResult"]
+__all__ = ["Field", "SCHEMA", "RunConfig", "load_config", "example_config", "schema_markdown", "run", "RunResult",
+           "run_claims"]
 
 
 # =========================================================================== the schema
@@ -207,6 +208,20 @@ def load_config(path: str | Path) -> RunConfig:
         line = f" at line {mark.line + 1}" if mark is not None else (f" at line {e.lineno}" if hasattr(e, "lineno") else "")
         raise BadInput(f"config file {str(path)!r} is not valid YAML/JSON{line}: {str(e).splitlines()[0]}") from None
     return RunConfig.from_mapping(data if data is not None else {}, str(path))
+
+
+def schema_markdown() -> str:
+    """The config reference as a Markdown table (what docs/tutorials/your-models.md shows, checked by a test)."""
+    def kind(f: Field) -> str:
+        if isinstance(f.kind, tuple):
+            return " \\| ".join(f"`{k}`" for k in f.kind)
+        return {"strs": "str or list of str", "floats": "list of numbers"}.get(f.kind, f.kind)
+
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for f in SCHEMA:
+        default = "required" if f.required else (f"`{json.dumps(f.default)}`" if f.default is not None else "–")
+        rows.append(f"| `{f.section}.{f.name}` | {kind(f)} | {default} | {f.help} |")
+    return "\n".join(rows)
 
 
 def example_config() -> str:
