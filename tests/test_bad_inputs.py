@@ -269,3 +269,32 @@ def test_cli_report_refuses_a_truncated_verification_csv(tmp_path, capsys):
     other.write_text("a,b\n1,2\n")
     assert main(["report", "--diff", str(dp), "--verification", str(other), "--out", str(tmp_path / "r3")]) == 2
     assert "not a table written by tl-persona verify" in capsys.readouterr().err
+
+
+def test_cli_ctrl_c_exits_130_and_says_how_to_resume(monkeypatch, capsys, tmp_path):
+    import tl_persona.cli as C
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(C.COMMANDS, "verify", interrupted)
+    rec = tmp_path / "sweep.jsonl"
+    rc = main(["verify", "--base", "organism:base", "--finetuned", "organism:base", "--sae", "organism:sae",
+               "--prompt", "x", "--latent", "3", "--record", str(rec)])
+    err = capsys.readouterr().err
+    assert rc == 130 and "interrupted" in err and str(rec) in err and "resume" in err
+
+
+def test_cli_dead_judge_url_fails_fast_in_one_line(capsys, monkeypatch):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens on this port now
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    rc = main(["verify", "--base", "organism:base", "--finetuned", "organism:base", "--sae", "organism:sae",
+               "--prompt", "x", "--latent", "3", "--judge", "openai", "--judge-url", f"http://127.0.0.1:{port}/v1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and f"127.0.0.1:{port}" in err, err
+    assert "sk-test" not in err  # (the probe makes at most two attempts: tests/test_judge_reliability.py)
