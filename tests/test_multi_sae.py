@@ -159,3 +159,25 @@ def test_cli_sae_repeatable_for_diff_inspect_and_verify(tmp_path, capsys):
     assert main(["verify", "--base", "organism:base", "--finetuned", "organism:misaligned", *sae_args,
                  "--prompt", "x", "--latent", "919"]) == 2
     assert "SAE:N" in capsys.readouterr().err
+
+
+def test_offloaded_saes_give_the_same_diff_and_move_only_around_their_encode(hooked_model, monkeypatch):
+    """SAEs kept off the device until their hook: the same numbers; each SAE is moved to the encode
+    device only inside the engine's encode of a batch (checked by recording where it is then)."""
+    from tl_persona.saes import SAEEncoder
+
+    saes, prompts = _saes(), _prompts()
+    ref = diff_latents(hooked_model, hooked_model, saes, prompts, scope="all", per_prompt_top=2, batch_size=4)
+    seen = []
+    orig = SAEEncoder.attached
+
+    def spy(self):
+        seen.append(self.hook_name)
+        return orig(self)
+
+    monkeypatch.setattr(SAEEncoder, "attached", spy)
+    off = diff_latents(hooked_model, hooked_model, saes, prompts, scope="all", per_prompt_top=2,
+                       offload_saes_to="cpu", batch_size=4)
+    for k in ref:
+        assert torch.equal(off[k].delta, ref[k].delta)
+    assert set(seen) == set(HOOKS) and len(seen) == 3 * 2 * 4  # 3 SAEs x 2 models x 4 batches

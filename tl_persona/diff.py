@@ -81,16 +81,22 @@ def _encoder(sae: Any, hook_name: str | None, dtype: torch.dtype | None) -> Enco
     return SAEEncoder(sae, hook_name, dtype)
 
 
-def _encoders(sae: Any, hook_name: str | None, dtype: torch.dtype | None) -> tuple[list[str] | None, list[Encoder]]:
+def _encoders(sae: Any, hook_name: str | None, dtype: torch.dtype | None,
+              offload_to: torch.device | str | None = None) -> tuple[list[str] | None, list[Encoder]]:
     """One SAE (keys None) or several (:func:`~tl_persona.saes.named_saes`). ``hook_name`` only goes
-    with one SAE."""
+    with one SAE; ``offload_to`` keeps SAEs where they are until their hook (see SAEEncoder)."""
+    def enc(v: Any, h: str | None) -> Encoder:
+        if offload_to is not None and hasattr(v, "cfg"):
+            return SAEEncoder(v, h, dtype, offload_to=offload_to)
+        return _encoder(v, h, dtype)
+
     named = named_saes(sae)
     if named is None:
-        return None, [_encoder(sae, hook_name, dtype)]
+        return None, [enc(sae, hook_name)]
     if hook_name is not None:
         raise BadInput("hook_name goes with one SAE; with several, each SAE reads the hook in its own metadata "
                        "(set sae.cfg.metadata.hook_name, or wrap it: SAEEncoder(sae, hook_name=...))")
-    return list(named), [_encoder(v, None, dtype) for v in named.values()]
+    return list(named), [enc(v, None) for v in named.values()]
 
 
 def collect(
@@ -238,6 +244,7 @@ def diff_latents(
     one_model_at_a_time: bool = False,
     device: torch.device | str | None = None,
     truncate: bool = False,
+    offload_saes_to: torch.device | str | None = None,
 ) -> "LatentDiff | LatentDiffSet":
     """Rank SAE latents by the change of their mean activation from ``base`` to ``finetuned``.
 
@@ -257,11 +264,13 @@ def diff_latents(
     up to the deepest hook, every SAE encodes its own hook's scope positions, and a
     :class:`LatentDiffSet` of per-SAE diffs comes back (each equal to its single-SAE call). A prompt
     longer than the model's context is an error unless ``truncate`` (then it is cut, with a warning).
+    ``offload_saes_to`` (e.g. ``"cuda"`` with the SAEs on the CPU) moves each SAE to that device only
+    for its own encode of each batch: many wide SAEs then need the device memory of one.
     """
     scope = check_scope(scope)
     per_prompt_top = nonneg_int(per_prompt_top, "per_prompt_top", fix="0 keeps no per-prompt values")
     a0, a1 = as_adapter(base), as_adapter(finetuned)
-    keys, encs = _encoders(sae, hook_name, dtype)
+    keys, encs = _encoders(sae, hook_name, dtype, offload_saes_to)
     hooks = [_check_pair(a0, a1, e) for e in encs]
     ps = as_prompt_set(prompts)
     tp = ps.tokenize(a0, truncate=truncate)

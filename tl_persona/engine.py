@@ -56,7 +56,8 @@ class Encoder(Protocol):
     ``hook_name``: the hook point whose activation it reads; ``d_in``: that activation's width;
     ``n_features``: the width of its output; ``device``: where ``encode`` runs (activations are
     moved there); ``encode(x [n, d_in]) -> [n, n_features]``; ``identity()``: a JSON-ready dict
-    for provenance.
+    for provenance. Optionally ``attached()``: a context manager the engine enters around each
+    batch's encode (an SAE kept on the CPU moves to the device there, and back).
     """
 
     hook_name: str
@@ -217,7 +218,9 @@ def _run_batch(adapter: ModelAdapter, encoders: Sequence[Encoder], pb: PromptBat
         x = picked[enc.hook_name]
         check_width("SAE" if hasattr(enc, "sae") else type(enc).__name__, enc.d_in, x.shape[-1], enc.hook_name,
                     adapter.name)
-        _feed(enc, x, rows, m.shape[0], counts, pb.indices, s)
+        # an encoder may keep its weights elsewhere (e.g. on the CPU) until its hook's rows arrive
+        with (enc.attached() if hasattr(enc, "attached") else contextlib.nullcontext()):
+            _feed(enc, x, rows, m.shape[0], counts, pb.indices, s)
 
 
 def _select_top(delta: Tensor, k: int) -> list[int]:

@@ -8,11 +8,12 @@ into a real SAE-Lens SAE with :func:`sae_from_weights`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -91,20 +92,39 @@ class SAEEncoder:
     ``encode`` in its dtype and on its device; ``dtype`` casts a copy of the SAE for the encode.
     The SAE's weights are checked finite here, so a NaN in ``W_enc`` fails at once instead of
     ranking latents as if nothing were wrong.
+
+    ``offload_to``: keep the SAE where it is (e.g. on the CPU) and move it to this device only for
+    each batch's encode, and back: seven 131k-latent SAEs then need the device memory of one, at the
+    cost of one transfer per SAE and batch (a 1.9 GB bfloat16 SAE takes about 0.1 s over PCIe 4).
     """
 
-    def __init__(self, sae: Any, hook_name: str | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, sae: Any, hook_name: str | None = None, dtype: torch.dtype | None = None,
+                 offload_to: torch.device | str | None = None) -> None:
         check_finite_weights(sae)
         self.source = sae
         self.sae = sae if dtype is None or sae.W_dec.dtype == dtype else copy.deepcopy(sae).to(dtype=dtype)
         self.hook_name = sae_hook_name(sae, hook_name)
         self.d_in = d_in(sae)
         self.n_features = d_sae(sae)
+        self.offload_to = torch.device(offload_to) if offload_to is not None else None
 
     @property
     def device(self) -> torch.device:
-        """Where the SAE's weights (and so the encode) live."""
-        return self.sae.W_dec.device
+        """Where the encode runs: ``offload_to`` when given, else where the SAE's weights live."""
+        return self.offload_to if self.offload_to is not None else self.sae.W_dec.device
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        """The SAE on :attr:`device` for the body (moved there and back when offloaded)."""
+        if self.offload_to is None or self.sae.W_dec.device == self.offload_to:
+            yield
+            return
+        home = self.sae.W_dec.device
+        self.sae.to(self.offload_to)
+        try:
+            yield
+        finally:
+            self.sae.to(home)
 
     @property
     def dtype(self) -> torch.dtype:
