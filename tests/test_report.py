@@ -96,3 +96,22 @@ def test_write_replaces_an_earlier_report_and_fills_an_empty_folder(tmp_path):
     out = _report().text("second version").write(tmp_path / "rep")
     assert "second version" in (out / "report.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "rep"]
+
+
+def test_demo_progress_in_a_log_is_one_line_per_step(capsys, monkeypatch):
+    """Progress written to a file or pipe (not a terminal) has no carriage-return redraws."""
+    import sys
+
+    from tl_persona.demo import _progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    bar = _progress(["load", "diff"], True)
+    bar.set_description("load")
+    bar.update(1)
+    bar.set_description("diff")
+    bar.set_postfix_str("model 2 of 2")
+    bar.update(1)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.count("\n") == 4
+    assert err.splitlines()[2].endswith("diff: model 2 of 2")

@@ -460,9 +460,39 @@ class _NoBar:
     def close(self) -> None: ...
 
 
+class _LineBar:
+    """Progress for a log (stderr is not a terminal): one line per step or sub-step, no redraws."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.desc, self.t0 = total, 0, "", time.perf_counter()
+
+    def _say(self, extra: str = "") -> None:
+        import sys
+
+        line = f"[{self.n}/{self.total} {time.perf_counter() - self.t0:6.1f}s] {self.desc}{': ' + extra if extra else ''}"
+        print(line, file=sys.stderr, flush=True)
+
+    def set_description(self, s: str) -> None:
+        self.desc = s
+        self._say()
+
+    def set_postfix_str(self, s: str) -> None:
+        self._say(s)
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+    def close(self) -> None:
+        self._say("done")
+
+
 def _progress(steps: list[str], enabled: bool) -> Any:
+    import sys
+
     if not enabled:
         return _NoBar()
+    if not sys.stderr.isatty():
+        return _LineBar(len(steps))
     from tqdm.auto import tqdm
 
     return tqdm(total=len(steps), unit="step")
