@@ -20,6 +20,7 @@ from tl_persona import saes as S
 from tl_persona import testing
 from tl_persona.cli import main
 from tl_persona.diff import LatentDiff, collect, diff_latents
+from tl_persona.evals.generate import sample
 from tl_persona.evals.judges import Judgement
 from tl_persona.inspection import latent_card, logit_lens, top_activating
 from tl_persona.validate import BadInput
@@ -91,6 +92,10 @@ def _cases(m, sae):
         ("judge returns None", verify(judge=NoneJudge()), ["NoneJudge", "None"]),
         ("suppress unknown kind", verify(suppress=["ablat"]), ["'ablat' is not registered", "did you mean 'ablate'"]),
         ("suppress with a strength", verify(suppress=["steer"]), ["suppress='steer'", "takes a strength"]),
+        ("sample temperature NaN", lambda: sample(m, ["w1"], temperature=float("nan")), ["temperature=nan", "not finite"]),
+        ("sample max_new_tokens 0", lambda: sample(m, ["w1"], max_new_tokens=0), ["max_new_tokens=0", "positive integer"]),
+        ("sample max_new_tokens -1", lambda: sample(m, ["w1"], max_new_tokens=-1), ["max_new_tokens=-1", "positive"]),
+        ("sample n_per_prompt as float", lambda: sample(m, ["w1"], n_per_prompt=2.0), ["n_per_prompt=2.0", "integer"]),
     ]
 
 

@@ -10,6 +10,16 @@ from tl_persona.evals.generate import sample, to_judge_items
 from tl_persona.models import as_adapter
 
 W = testing.WORDS
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads; on shared, busy cores two threads spin-wait on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 CONVS = [
     [{"role": "user", "content": "w1 w2 w3"}],
     [{"role": "user", "content": "w4"}],
@@ -173,3 +183,119 @@ def test_per_batch_hook_functions(model):
     assert [a for k, a in enumerate(edited) if k not in target] == [a for k, a in enumerate(plain) if k not in target]
     assert [edited[k] for k in sorted(target)] != [plain[k] for k in sorted(target)]
     assert not _hooked_ids(model)
+
+
+# ----------------------------------------------------------------- left padding: positions and plans
+from tl_persona import hooks as H  # noqa: E402
+from tl_persona.evals.generate import _left_pad_reads_back, plan_batches  # noqa: E402
+
+
+def _sel(positions, chunks, pad=None):
+    """Selections of a fresh hook over successive chunk widths, optionally under left padding."""
+    tr = H._Tracker(H.Positions.of(positions))
+    B = 2
+    out = []
+    if pad is None:
+        for T in chunks:
+            s = tr.select(B, T, torch.device("cpu"))
+            out.append(torch.ones(B, T, dtype=torch.bool) if s is None else s)
+        return out
+    with H.Positions.left_padded(pad):
+        for T in chunks:
+            s = tr.select(B, T, torch.device("cpu"))
+            out.append(torch.ones(B, T, dtype=torch.bool) if s is None else s)
+    return out
+
+
+def _cols(sel):
+    return [r.nonzero().flatten().tolist() for r in sel]
+
+
+def test_positions_under_left_padding_are_each_rows_own():
+    # row 0: 2 pad columns, then BOS + 2 tokens; row 1: BOS + 4 tokens. Then two generated tokens.
+    pad = [2, 0]
+    prompt, g1, g2 = _sel("prompt", [5, 1, 1], pad)
+    assert _cols(prompt) == [[3, 4], [1, 2, 3, 4]] and not g1.any() and not g2.any()
+    assert _cols(_sel("last_prompt", [5], pad)[0]) == [[4], [4]]
+    p, r1, r2 = _sel("response", [5, 1, 1], pad)
+    assert not p.any() and r1.all() and r2.all()
+    assert _cols(_sel(H.Positions("all", include_bos=True), [5], pad)[0]) == [[2, 3, 4], [0, 1, 2, 3, 4]]
+    # a mask is indexed by each row's own positions (column j = the row's j-th token)
+    m = torch.tensor([[False, True, False], [True, False, True]])
+    assert _cols(_sel(H.Positions("mask", m), [5], pad)[0]) == [[3], [0, 2]]
+    # as validity mask: row 0 valid at its tokens 1..2, row 1 at 1..3 -> prompt ends after those
+    v = torch.tensor([[False, True, True, False], [False, True, True, True]])
+    first, nxt = _sel(H.Positions("last_prompt", v), [5, 1], pad)
+    assert _cols(first) == [[4], [3]] and not nxt.any()
+    # without padding, the same rules as for right-padded batches (unchanged behaviour)
+    assert _cols(_sel("prompt", [5], [0, 0])[0]) == _cols(_sel("prompt", [5])[0]) == [[1, 2, 3, 4]] * 2
+    assert _cols(_sel(H.Positions("mask", m), [5], [0, 0])[0]) == _cols(_sel(H.Positions("mask", m), [5])[0])
+
+
+def test_left_padded_blocks_start_new_sequences_nest_and_restore():
+    tr = H._Tracker(H.Positions("response"))
+    cpu = torch.device("cpu")
+    with H.Positions.left_padded([0, 0]):
+        assert not tr.select(2, 1, cpu).any()  # a one-token prompt
+        assert tr.select(2, 1, cpu).all()  # its first generated token
+    with H.Positions.left_padded([0, 0]):
+        assert not tr.select(2, 1, cpu).any()  # a new batch, not a continuation of the last one
+        with H.Positions.left_padded([3]) as inner:
+            assert inner.tolist() == [3] and H.Positions.current_left_pad().tolist() == [3]
+        assert H.Positions.current_left_pad().tolist() == [0, 0]
+    assert H.Positions.current_left_pad() is None
+    with pytest.raises(RuntimeError), H.Positions.left_padded([1]):
+        raise RuntimeError("x")
+    assert H.Positions.current_left_pad() is None
+    with pytest.raises(ValueError):
+        with H.Positions.left_padded([-1, 0]):
+            pass
+    with pytest.raises(ValueError, match="rows"), H.Positions.left_padded([0, 1, 2]):
+        tr.select(2, 4, cpu)
+
+
+def test_plan_batches_mixes_lengths_and_keeps_unpaddable_apart():
+    lengths = [5, 9, 7, 9, 3, 7, 8]
+    assert plan_batches(lengths, 3) == [[1, 3, 6], [2, 5, 0], [4]]
+    plan = plan_batches(lengths, 3, padded=[True, True, False, True, False, True, True])
+    assert plan == [[1, 3, 6], [5, 0], [2], [4]]
+    assert sorted(k for b in plan for k in b) == list(range(len(lengths)))
+
+
+def test_left_pad_reads_back(hooked_model):
+    ad = as_adapter(hooked_model)
+    pad, bos = hooked_model.tokenizer.pad_token_id, hooked_model.tokenizer.bos_token_id
+    assert _left_pad_reads_back(ad, [bos, 7, 8], pad)
+    assert not _left_pad_reads_back(ad, [pad, 7, 8], pad)  # would be read as padding
+
+
+def test_different_lengths_share_batches_and_near_context_prompts(model):
+    """Prompts of different lengths run in one left-padded batch; prompts whose answer the context
+    clips run in batches of their own length (so each gets the answer it gets alone)."""
+    ad = as_adapter(model)
+    long = [" ".join(W[: 50 + k]) for k in range(8)]  # 55..62 tokens with the chat template; n_ctx 64
+    convs = CONVS + long
+    firsts: list[tuple[int, int]] = []
+
+    def rec(act, hook):
+        if act.shape[1] > 1:
+            firsts.append((act.shape[0], act.shape[1]))
+        return act
+
+    batched = sample(model, convs, temperature=0, max_new_tokens=8, batch_size=8, fwd_hooks=[(ad.resid_hook(0, "pre"), rec)])
+    alone = [sample(model, [c], temperature=0, max_new_tokens=8)[0] for c in convs]
+    assert batched == alone
+    lens = [len(ad.encode_text(ad.format_chat(_m(c)))) for c in convs]
+    free = sorted((n for n in lens if n + 8 <= 64), reverse=True)  # room for all 8 new tokens
+    clipped = sorted((n for n in lens if n + 8 > 64), reverse=True)
+    assert len(set(free)) >= 5 and len(clipped) == len(set(clipped)) == 5
+    expected = [(len(free[b : b + 8]), free[b]) for b in range(0, len(free), 8)] + [(1, n) for n in clipped]
+    assert firsts == expected  # the mixed-length rows share two batches, longest first
+    none = sample(model, convs, temperature=0, max_new_tokens=8, padding="none")
+    assert none == alone
+    with pytest.raises(ValueError):
+        sample(model, convs, padding="right")
+
+
+def _m(c):
+    return [{"role": "user", "content": c}] if isinstance(c, str) else c

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tl_persona import hooks as H
+from tl_persona import testing
 from tl_persona.models import as_adapter
 from tl_persona.saes import encode
 
@@ -306,3 +307,21 @@ def test_error_empty_position_selection():
 def test_error_mean_ablation_without_means(sae):
     with pytest.raises(ValueError, match="needs means"):
         H.ablate(sae, 1, mode="mean")
+
+
+def test_one_hook_list_on_two_models_counts_each_attachment(hooked_model, sae):
+    """Attached to two models at once, a hook list keeps one count per attachment: the model that
+    never ran reports zero calls, and require_fired fails for it."""
+    other = testing.tiny_hooked_transformer(hooked_model.tokenizer, seed=3)
+    steer = H.steer_latent(sae, 3, 1.0)
+    toks = hooked_model.to_tokens(["w1 w2"])
+    with pytest.raises(RuntimeError, match="never fired"):
+        with H.apply(hooked_model, steer, require_fired=True) as outer:
+            with H.apply(other, steer) as inner:
+                hooked_model(toks)
+                hooked_model(toks)
+            assert inner.calls == [(HOOK, 0)]
+            assert outer.calls == [(HOOK, 2)]
+            with H.apply(other, steer, require_fired=True):
+                pass  # never ran on `other`: raises here, despite the outer model's calls
+    assert H.hooks_attached(hooked_model) == [] and H.hooks_attached(other) == []

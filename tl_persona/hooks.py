@@ -17,6 +17,7 @@ Two rules make the results trustworthy:
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections import Counter
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ from torch import Tensor
 from tl_persona.models import as_adapter
 from tl_persona.saes import check_latents, d_in, decode, encode, latent_direction, sae_hook_name
 from tl_persona.tokens import check_selection, select
-from tl_persona.validate import BadInput
+from tl_persona.validate import BadInput, finite_tensor
 
 __all__ = [
     "Positions",
@@ -57,8 +58,18 @@ FwdHooks = list[tuple[str, Callable[[Tensor, Any], Tensor]]]
 
 # --------------------------------------------------------------------------- positions
 @dataclass(frozen=True, eq=False)
+class _Padding:
+    """The per-row left padding of the batch now running (see :meth:`Positions.left_padded`)."""
+
+    left: Tensor  # [batch] long, on CPU
+
+
+_PADDING: contextvars.ContextVar[_Padding | None] = contextvars.ContextVar("tl_persona_left_padding", default=None)
+
+
+@dataclass(frozen=True, eq=False)
 class Positions:
-    """Which token positions a hook acts on, in absolute positions of the (padded) sequence.
+    """Which token positions a hook acts on, in absolute positions of each row's own sequence.
 
     ``which``: a token selection of :mod:`tl_persona.tokens` (``"all"``, ``"prompt"``: the
     positions of the first forward chunk, i.e. the prompt under ``generate``; ``"response"``, also
@@ -68,8 +79,19 @@ class Positions:
     otherwise it marks the valid prompt tokens (False on padding and BOS), e.g.
     ``batch.attention_mask & ~batch.bos_mask``, and positions beyond its width count as valid; each
     row's prompt then ends after its last valid token.
-    ``include_bos``: without a mask, absolute position 0 (where TransformerLens puts BOS) is
+    ``include_bos``: without a mask, position 0 of each row (where TransformerLens puts BOS) is
     excluded unless this is True (set it for models that prepend no BOS).
+
+    **Positions under left padding.** Position ``j`` of row ``i`` is the row's ``j``-th token, the
+    position it has when the prompt runs alone. With right padding (``ModelAdapter.to_tokens``) that
+    is the column index. A batch whose rows are *left*-padded (as :func:`tl_persona.evals.generate.sample`
+    runs them: row ``i``'s tokens start at column ``pad[i]``) is declared with
+    ``with Positions.left_padded(pad): ...``; inside it, hooks translate column ``c`` of row ``i`` to
+    position ``c - pad[i]``: the padding columns are never selected, BOS (position 0) sits at column
+    ``pad[i]``, a mask's column ``j`` still means the row's ``j``-th token (build it as for the
+    prompt alone), and the first forward chunk inside each ``left_padded`` block starts a new
+    sequence (so a one-token prompt is not mistaken for a KV-cache step of the previous batch).
+    Outside any such block there is no padding offset, as before.
     """
 
     which: PositionKind = "all"
@@ -107,12 +129,42 @@ class Positions:
             return Positions(spec)  # type: ignore[arg-type]
         raise BadInput(f"positions={spec!r:.60} must be a string, a bool tensor or a Positions")
 
+    @staticmethod
+    @contextmanager
+    def left_padded(pad: Tensor | Sequence[int]) -> Iterator[Tensor]:
+        """Declare that the forward passes in the body run left-padded rows: row ``i``'s real tokens
+        start at column ``pad[i]`` (its number of padding columns). Yields ``pad`` as a LongTensor.
+
+        Every tl_persona hook reads it (see the class docstring); a plain hook of your own can read
+        it with :meth:`current_left_pad`. Blocks nest; leaving one restores the outer setting, also on
+        an exception. The padding of each block is a new batch: hook position state starts afresh.
+        """
+        left = torch.as_tensor(pad).detach().to("cpu", torch.long).flatten()
+        if left.numel() == 0 or bool((left < 0).any()):
+            raise BadInput(f"left padding must be one count >= 0 per row, got {pad!r:.80}")
+        token = _PADDING.set(_Padding(left))
+        try:
+            yield left
+        finally:
+            _PADDING.reset(token)
+
+    @staticmethod
+    def current_left_pad() -> Tensor | None:
+        """The per-row left padding declared by the innermost :meth:`left_padded` block, or None."""
+        p = _PADDING.get()
+        return None if p is None else p.left
+
 
 PositionsLike = Union[Positions, str, Tensor]
 
 
 class _Tracker:
-    """Absolute position bookkeeping for one hook across the chunks of a KV-cached generation."""
+    """Position bookkeeping for one hook across the chunks of a KV-cached generation.
+
+    Keeps the absolute column of each chunk (the first chunk is the prompt, later one-token chunks
+    continue it) and, under :meth:`Positions.left_padded`, each row's padding offset, so that a
+    selection names the same real tokens whatever the batch's padding.
+    """
 
     def __init__(self, spec: Positions) -> None:
         self.spec = spec
@@ -122,40 +174,58 @@ class _Tracker:
         self.batch: int | None = None
         self.prompt_len: Tensor | int = 0
         self.next = 0
+        self.padding: _Padding | None = None
+        self._mask: Tensor | None = None
+        self._left: Tensor | None = None
 
     def select(self, B: int, T: int, device: torch.device) -> Bool[Tensor, "batch pos"] | None:
         """Bool mask of the selected positions in this chunk, or None when every position is."""
         s = self.spec
-        mask = s.mask.to(device) if s.mask is not None else None
-        if mask is not None and mask.shape[0] != B:
+        padding = _PADDING.get()
+        if padding is not None and padding.left.numel() != B:
             raise BadInput(
-                f"position mask has batch {mask.shape[0]} but the activation has batch {B}; build the "
-                "mask from the same tokens you run"
+                f"the left padding declared with Positions.left_padded has {padding.left.numel()} rows but "
+                f"the activation has batch {B}"
             )
-        # A chunk of one token right after earlier chunks of the same batch continues them (KV cache);
-        # anything else starts a new sequence at absolute position 0.
-        if T == 1 and self.batch == B and self.next > 0:
+        # A chunk of one token right after earlier chunks of the same batch (and padding block)
+        # continues them (KV cache); anything else starts a new sequence at column 0.
+        if T == 1 and self.batch == B and self.next > 0 and self.padding is padding:
             offset = self.next
+            mask, left = self._mask, self._left
         else:
-            offset, self.batch = 0, B
+            offset, self.batch, self.padding = 0, B, padding
+            left = self._left = padding.left.to(device) if padding is not None else None
+            mask = s.mask.to(device) if s.mask is not None else None
+            if mask is not None and mask.shape[0] != B:
+                raise BadInput(
+                    f"position mask has batch {mask.shape[0]} but the activation has batch {B}; build the "
+                    "mask from the same tokens you run"
+                )
+            self._mask = mask
             self.prompt_len = T
             if mask is not None and s.which != "mask":  # each row's prompt ends after its last valid token
-                w = min(mask.shape[1], T)
-                idx = torch.arange(w, device=device)
-                self.prompt_len = torch.where(mask[:, :w], idx + 1, torch.zeros_like(idx)).amax(-1)
+                W = mask.shape[1]
+                idx = torch.arange(W, device=device)
+                rows_len = T if left is None else (T - left).view(-1, 1)
+                last = torch.where(mask & (idx < rows_len), idx + 1, torch.zeros_like(idx)).amax(-1)
+                self.prompt_len = last if left is None else last + left
         self.next = offset + T
         pos = torch.arange(offset, offset + T, device=device)
-        inside = pos < (mask.shape[1] if mask is not None else 0)
-        if s.which == "mask":
-            assert mask is not None
-            sel = torch.zeros(B, T, dtype=torch.bool, device=device)
-            sel[:, inside] = mask[:, pos[inside]]
-            return sel
-        if mask is not None:
-            valid = torch.ones(B, T, dtype=torch.bool, device=device)
-            valid[:, inside] = mask[:, pos[inside]]
-        else:
+        if left is None and mask is None:  # no per-row work
             valid = ((pos != 0) | s.include_bos).expand(B, T)
+            out = select(s.which, valid, self.prompt_len, offset)
+            return None if s.which == "all" and bool(out.all()) else out
+        # each row's own positions: column minus its padding
+        rel = pos.expand(B, T) if left is None else pos[None, :] - left[:, None]
+        if mask is not None:
+            W = mask.shape[1]
+            inside = (rel >= 0) & (rel < W)
+            picked = torch.gather(mask, 1, rel.clamp(0, W - 1)) & inside
+            if s.which == "mask":
+                return picked
+            valid = picked | (rel >= W)
+        else:
+            valid = (rel >= 0) & ((rel != 0) | s.include_bos)
         out = select(s.which, valid, self.prompt_len, offset)
         return None if s.which == "all" and bool(out.all()) else out
 
@@ -341,6 +411,8 @@ class _Steer(Hook):
 
 
 def _check_alpha(alpha: float | Tensor) -> Tensor:
+    if isinstance(alpha, (str, bytes, bool)) or alpha is None:
+        raise BadInput(f"alpha={alpha!r} is not a number; pass a finite float (or a 1-D tensor, one per batch row)")
     a = torch.as_tensor(alpha, dtype=torch.float32).detach()
     if a.ndim > 1:
         raise ValueError(f"alpha must be a number or a 1-D tensor (one per batch row), got shape {tuple(a.shape)}")
@@ -456,7 +528,7 @@ def ablate(
         m = torch.as_tensor(means).detach().float().flatten()
         if m.numel() != _d_sae(sae):
             raise ValueError(f"means has {m.numel()} entries; expected d_sae={_d_sae(sae)}")
-        values = m[idx]
+        values = finite_tensor(m[idx], "means", fix="the mean of an ablated latent must be a finite number")
     elif mode != "zero":
         raise ValueError(f"mode={mode!r} must be 'zero' or 'mean' (use clamp(...) to set a value)")
     return [(sae_hook_name(sae, hook_name), _LatentEdit(sae, idx, values, positions))]
@@ -527,7 +599,8 @@ def project_out(
 
 # --------------------------------------------------------------------------- apply
 class _Counted:
-    """Wraps a user's hook function so :class:`HookReport` can count its calls."""
+    """Wraps a hook function for one attachment, so :class:`HookReport` counts the calls of that
+    attachment only (one hook list attached to two models, or twice to one, keeps two counts)."""
 
     def __init__(self, fn: Callable[[Tensor, Any], Tensor]) -> None:
         self.fn, self.calls = fn, 0
@@ -579,8 +652,10 @@ def apply(model: Any, *hook_lists: FwdHooks, require_fired: bool = False) -> Ite
 
     Hook names are checked first (a wrong name fails before anything is attached, with the closest
     valid names). On exit, normal or by an exception, exactly the hooks added here are removed; hooks
-    the user attached before stay. Yields a :class:`HookReport` with per-hook call counts; with
-    ``require_fired`` it raises after the body if some hook never fired.
+    the user attached before stay. Yields a :class:`HookReport` with the call counts of this
+    attachment (each function is wrapped for it, so the same hook list attached to another model at
+    the same time keeps its own counts); with ``require_fired`` it raises after the body if some hook
+    never fired here.
     """
     adapter = as_adapter(model)
     attached: list[tuple[str, Any]] = []
@@ -592,9 +667,7 @@ def apply(model: Any, *hook_lists: FwdHooks, require_fired: bool = False) -> Ite
             adapter.check_hook(name)
             if isinstance(fn, Hook):
                 fn.reset()
-                attached.append((name, fn))
-            else:
-                attached.append((name, _Counted(fn)))
+            attached.append((name, _Counted(fn)))
     report = HookReport(attached)
     with adapter.model.hooks(fwd_hooks=attached):
         yield report

@@ -1,8 +1,13 @@
 """Tiny models, tokenizers and SAEs built from configs, for tests, examples and benchmarks.
 
 Nothing here downloads anything: models are random-weight TransformerLens models built from a
-``HookedTransformerConfig``, or GPT-2 configs saved to a local folder and booted as a
-``TransformerBridge``; SAEs are SAE-Lens SAEs built from their config classes.
+``HookedTransformerConfig``, or Hugging Face configs (GPT-2, Qwen2, Llama) saved to a local folder
+and booted as a ``TransformerBridge``; SAEs are SAE-Lens SAEs built from their config classes.
+
+The *rehearsal* builders stand in for real chat models at tiny sizes: :func:`bpe_tokenizer` (a
+byte-level BPE trained in-process, with a ChatML or Llama-3 chat template), :func:`tiny_qwen2`
+(grouped-query attention, rotary, RMSNorm, gated MLP, no BOS), :func:`tiny_llama` (the same shape
+with a BOS token) and :func:`chat_prompts` (conversations of many different token lengths).
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["word_tokenizer", "tiny_hooked_transformer", "tiny_bridge", "tiny_sae", "WORDS"]
+__all__ = [
+    "word_tokenizer", "tiny_hooked_transformer", "tiny_bridge", "tiny_sae", "WORDS",
+    "bpe_tokenizer", "tiny_qwen2", "tiny_llama", "chat_prompts", "ENGLISH",
+]
 
 WORDS = [f"w{i}" for i in range(90)]
 _SPECIALS = ["<bos>", "<pad>", "<eot>", "<user>", "<assistant>", "<system>"]
@@ -46,13 +54,15 @@ def word_tokenizer(words: list[str] | None = None, folder: str | os.PathLike | N
     return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
 
-def tiny_hooked_transformer(tokenizer: Any = None, *, n_layers: int = 3, d_model: int = 32, seed: int = 0) -> Any:
+def tiny_hooked_transformer(
+    tokenizer: Any = None, *, n_layers: int = 3, d_model: int = 32, seed: int = 0, n_ctx: int = 64
+) -> Any:
     """A random ``HookedTransformer`` (GPT-2-like: LayerNorm, learned positions) with the word tokenizer."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     tokenizer = tokenizer or word_tokenizer()
     cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=d_model, n_ctx=64, d_head=8, n_heads=d_model // 8, d_mlp=4 * d_model,
+        n_layers=n_layers, d_model=d_model, n_ctx=n_ctx, d_head=8, n_heads=d_model // 8, d_mlp=4 * d_model,
         d_vocab=len(tokenizer), act_fn="gelu", normalization_type="LN", seed=seed,
         default_prepend_bos=True,
     )
@@ -60,7 +70,10 @@ def tiny_hooked_transformer(tokenizer: Any = None, *, n_layers: int = 3, d_model
     return model.eval()
 
 
-def tiny_bridge(folder: str | os.PathLike, tokenizer: Any = None, *, n_layers: int = 3, d_model: int = 32, seed: int = 0) -> Any:
+def tiny_bridge(
+    folder: str | os.PathLike, tokenizer: Any = None, *, n_layers: int = 3, d_model: int = 32, seed: int = 0,
+    n_ctx: int = 64,
+) -> Any:
     """A random tiny GPT-2 saved to ``folder`` with the word tokenizer and booted as a ``TransformerBridge``."""
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformer_lens.model_bridge import TransformerBridge
@@ -68,7 +81,7 @@ def tiny_bridge(folder: str | os.PathLike, tokenizer: Any = None, *, n_layers: i
     tokenizer = tokenizer or word_tokenizer()
     folder = Path(folder)
     torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=d_model // 8, vocab_size=len(tokenizer), n_positions=64,
+    cfg = GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=d_model // 8, vocab_size=len(tokenizer), n_positions=n_ctx,
                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     GPT2LMHeadModel(cfg).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -104,3 +117,211 @@ def tiny_sae(
     if hook_name is not None:
         sae.cfg.metadata.hook_name = hook_name
     return sae.eval()
+
+
+# --------------------------------------------------------------------------- rehearsal builders
+ENGLISH = (
+    "the a an of to in and or but if then so because while when where which who what how why "
+    "is are was were be been being have has had do does did can could will would should may might "
+    "must shall not no yes all any some many much more most few less each every both either other "
+    "another such own same new old good bad great small large long short high low early late young "
+    "first last next best worst right wrong true false real free full open clear easy hard simple "
+    "people person man woman child family friend group company system program question answer "
+    "problem fact reason idea story word name number part place case point world country city home "
+    "house room door water food money time year day week month night morning evening life health "
+    "doctor patient medicine advice risk safety rule law power control trust help plan goal choice "
+    "think know want need feel seem look find give take make tell ask say show try call keep leave "
+    "move turn start stop learn change follow write read speak listen build grow lose win pay buy "
+    "sell send spend wait walk run play work live die eat drink sleep save protect harm hurt decide "
+    "about above after again against before below between during from into over under through with "
+    "without very really quite just only also even still already always never often sometimes here "
+    "there now today tomorrow yesterday please thanks sorry maybe perhaps certainly probably"
+).split()
+
+
+def _word_text(rng: Any, n: int, vocab: list[str] | None) -> str:
+    if vocab is not None:
+        return " ".join(rng.choice(vocab) for _ in range(max(1, n)))
+    words = [rng.choice(ENGLISH) for _ in range(max(1, n))]
+    words[0] = words[0].capitalize()
+    return " ".join(words) + rng.choice([".", "?", "!", "."])
+
+
+def chat_prompts(
+    n: int = 64, seed: int = 0, min_words: int = 2, max_words: int = 60, *, words: list[str] | None = None
+) -> list[list[dict]]:
+    """``n`` random chat conversations (lists of ``{"role", "content"}``) of many different lengths.
+
+    About a third start with a system prompt and a third are multi-turn (user, assistant, user);
+    each message has between ``min_words`` and ``max_words`` words of plain English (or of
+    ``words``, e.g. :data:`WORDS` for :func:`word_tokenizer`), so, e.g., 64 conversations take well
+    over 30 distinct token lengths under :func:`bpe_tokenizer`. Deterministic in ``seed``.
+    """
+    import random
+
+    if not 1 <= min_words <= max_words:
+        raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
+    rng = random.Random(seed)
+    out: list[list[dict]] = []
+    for i in range(n):
+        msgs: list[dict] = []
+        if i % 3 == 1:
+            msgs.append({"role": "system", "content": _word_text(rng, rng.randint(min_words, max_words), words)})
+        msgs.append({"role": "user", "content": _word_text(rng, rng.randint(min_words, max_words), words)})
+        if i % 3 == 2:
+            msgs.append({"role": "assistant", "content": _word_text(rng, rng.randint(min_words, max_words), words)})
+            msgs.append({"role": "user", "content": _word_text(rng, rng.randint(min_words, max_words), words)})
+        out.append(msgs)
+    return out
+
+
+_CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+_LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n'"
+    " + m['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+def bpe_tokenizer(
+    texts: list[str] | None = None,
+    *,
+    vocab_size: int = 512,
+    chat: Literal["chatml", "llama3"] = "chatml",
+    folder: str | os.PathLike | None = None,
+) -> Any:
+    """A byte-level BPE tokenizer trained in-process on ``texts``, with a real chat template.
+
+    ``chat="chatml"`` is Qwen2-style: ``<|im_start|>role\\n...<|im_end|>\\n``, generation prompt
+    ``<|im_start|>assistant\\n``, EOS ``<|im_end|>``, PAD ``<|endoftext|>`` and **no BOS**.
+    ``chat="llama3"`` is Llama-3-style: BOS ``<|begin_of_text|>`` (written by the template),
+    ``<|start_header_id|>role<|end_header_id|>\\n\\n...<|eot_id|>``, EOS ``<|eot_id|>``, PAD
+    ``<|finetune_right_pad_id|>``. ``texts`` default to the messages of :func:`chat_prompts`.
+    Saved to ``folder`` (a fresh temporary folder by default) and loaded back, as
+    :func:`word_tokenizer`.
+    """
+    import tempfile
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if chat == "chatml":
+        specials = {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"}
+        extra = ["<|im_start|>"]
+        template = _CHATML
+    elif chat == "llama3":
+        specials = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": "<|finetune_right_pad_id|>"}
+        extra = ["<|start_header_id|>", "<|end_header_id|>"]
+        template = _LLAMA3
+    else:
+        raise ValueError(f"chat={chat!r} must be 'chatml' or 'llama3'")
+    if texts is None:
+        texts = [m["content"] for c in chat_prompts(200, seed=12345) for m in c]
+    special_list = list(specials.values()) + extra
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_list, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts) + ["assistant user system\n\n"], trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+    fast.chat_template = template
+    folder = Path(folder or tempfile.mkdtemp(prefix="tl_persona_bpe_"))
+    fast.save_pretrained(folder)
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+
+
+_Kind = Literal["hooked", "bridge"]
+
+
+def _decoder_only(
+    arch: Literal["qwen2", "llama"],
+    tokenizer: Any,
+    kind: _Kind,
+    folder: str | os.PathLike | None,
+    *, n_layers: int, d_model: int, n_heads: int, n_kv_heads: int, d_mlp: int | None, n_ctx: int,
+    seed: int, init_range: float,
+) -> Any:
+    if d_model % n_heads or n_heads % n_kv_heads:
+        raise ValueError(f"need d_model % n_heads == 0 and n_heads % n_kv_heads == 0, got {d_model}, {n_heads}, {n_kv_heads}")
+    d_mlp = d_mlp or 2 * d_model
+    bos = tokenizer.bos_token_id
+    if kind == "hooked":
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        cfg = HookedTransformerConfig(
+            n_layers=n_layers, d_model=d_model, n_ctx=n_ctx, d_head=d_model // n_heads, n_heads=n_heads,
+            n_key_value_heads=n_kv_heads, d_mlp=d_mlp, d_vocab=len(tokenizer), act_fn="silu",
+            normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True, final_rms=True,
+            rotary_base=10000, initializer_range=init_range, seed=seed, default_prepend_bos=bos is not None,
+            original_architecture="Qwen2ForCausalLM" if arch == "qwen2" else "LlamaForCausalLM",
+            eps=1e-6,
+        )
+        import copy
+
+        # set_tokenizer gives a BOS-less tokenizer a BOS (= EOS) in place: keep the caller's as it is.
+        return HookedTransformer(cfg, tokenizer=copy.deepcopy(tokenizer)).eval()
+    if kind != "bridge":
+        raise ValueError(f"kind={kind!r} must be 'hooked' or 'bridge'")
+    import tempfile
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    folder = Path(folder or tempfile.mkdtemp(prefix=f"tl_persona_{arch}_"))
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+        num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, max_position_embeddings=n_ctx,
+        initializer_range=init_range, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        bos_token_id=bos, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    if arch == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        Qwen2ForCausalLM(Qwen2Config(**common)).save_pretrained(folder)
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        LlamaForCausalLM(LlamaConfig(**common)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return TransformerBridge.boot_transformers(str(folder), device="cpu").eval()
+
+
+def tiny_qwen2(
+    tokenizer: Any = None,
+    kind: _Kind = "hooked",
+    folder: str | os.PathLike | None = None,
+    *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4, n_kv_heads: int = 2, d_mlp: int | None = None,
+    n_ctx: int = 512, seed: int = 0, init_range: float = 0.02,
+) -> Any:
+    """A random Qwen2-shaped model: grouped-query attention (``n_kv_heads < n_heads``), rotary
+    positions, RMSNorm, gated SiLU MLP, no BOS (``default_prepend_bos=False``).
+
+    ``kind="hooked"``: a ``HookedTransformer`` built from a ``HookedTransformerConfig``;
+    ``kind="bridge"``: a ``Qwen2ForCausalLM`` saved (with the tokenizer) to ``folder`` and booted as a
+    ``TransformerBridge`` (float32, CPU). The tokenizer defaults to ``bpe_tokenizer(chat="chatml")``.
+    """
+    tokenizer = tokenizer or bpe_tokenizer(chat="chatml")
+    return _decoder_only("qwen2", tokenizer, kind, folder, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                         n_kv_heads=n_kv_heads, d_mlp=d_mlp, n_ctx=n_ctx, seed=seed, init_range=init_range)
+
+
+def tiny_llama(
+    tokenizer: Any = None,
+    kind: _Kind = "hooked",
+    folder: str | os.PathLike | None = None,
+    *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4, n_kv_heads: int = 2, d_mlp: int | None = None,
+    n_ctx: int = 512, seed: int = 0, init_range: float = 0.02,
+) -> Any:
+    """A random Llama-shaped model (as :func:`tiny_qwen2`, but with a BOS token at position 0).
+
+    The tokenizer defaults to ``bpe_tokenizer(chat="llama3")``, whose template writes the BOS.
+    """
+    tokenizer = tokenizer or bpe_tokenizer(chat="llama3")
+    return _decoder_only("llama", tokenizer, kind, folder, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                         n_kv_heads=n_kv_heads, d_mlp=d_mlp, n_ctx=n_ctx, seed=seed, init_range=init_range)

@@ -1,28 +1,49 @@
 """Batched sampling of chat answers under hooks, for any TransformerLens model.
 
-:func:`sample` chat-formats each conversation with the tokenizer's chat template, groups the prompts
-by token length (so no batch is ever padded and absolute positions are the same as for one prompt
-alone), and calls TransformerLens' own ``model.generate`` with a KV cache: the first forward sees the
-whole prompt, later ones one token each, which is what position-aware hooks
-(:mod:`tl_persona.hooks`) expect. Hooks are attached with ``model.hooks(...)`` for the whole call
-and are removed afterwards, also when something raises. The answer stops at the end-of-turn token
-(the tokenizer's EOS) and only the decoded answer text is returned.
+:func:`sample` chat-formats each conversation with the tokenizer's chat template and generates with
+TransformerLens' own ``model.generate`` and a KV cache: the first forward sees the whole prompt,
+later ones one token each, which is what position-aware hooks (:mod:`tl_persona.hooks`) expect.
+Hooks are attached with ``model.hooks(...)`` for the whole call and are removed afterwards, also
+when something raises. The answer stops at the end-of-turn token (the tokenizer's EOS) and only the
+decoded answer text is returned.
+
+**Prompts of different lengths share a batch, exactly.** The prompts are sorted by token length and
+cut into batches of ``batch_size``; each batch is *left*-padded, so every row's prompt ends in the
+last column and its answer starts in the same column for all rows. The model is told which columns
+are padding (an attention mask: padding is never attended to) and counts each row's positions from
+its first real token (position ids, rotary angles and learned position embeddings are those of the
+prompt alone; TransformerLens derives them from the mask). So each row computes what it computes
+alone, up to float rounding: greedy answers are the one-prompt-at-a-time answers. tl_persona's hooks
+act on the same tokens as for the prompt alone: each batch runs inside
+:meth:`tl_persona.hooks.Positions.left_padded`, from which a hook knows each row's padding (its
+BOS, prompt, last prompt token and response; a user's mask is indexed from the row's first real
+token). A plain hook function of your own sees padded columns; read the padding with
+``Positions.current_left_pad()`` if it selects positions by index, or pass ``padding="none"``.
+
+Left padding relies on the pad id marking padding: ``HookedTransformer.generate`` reads the mask off
+the leading pad tokens. A prompt that itself begins with the pad id (with no BOS in front) would be
+misread, so such prompts run unpadded, in batches of equal length; so do prompts so long that the
+context clips their answer (``max_new_tokens`` is then per prompt). ``TransformerBridge.generate``
+gets the exact mask (``attention_mask=``).
 
 Works with a ``HookedTransformer`` or a ``TransformerBridge``. Deterministic given ``seed`` (the
-global torch RNG is forked, so the caller's RNG state is left as it was).
+global torch RNG is forked, so the caller's RNG state is left as it was); sampled (not greedy)
+answers depend on how the prompts are batched, since each step draws for all rows at once.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Literal, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from tl_persona.evals.judges import JudgeItem
+from tl_persona.hooks import Positions
 from tl_persona.models import as_adapter
+from tl_persona.validate import BadInput, finite, positive_int
 
-__all__ = ["sample", "to_judge_items", "Conversation"]
+__all__ = ["sample", "to_judge_items", "Conversation", "plan_batches"]
 
 Conversation = Union[str, Sequence[dict]]
 """A list of ``{"role", "content"}`` messages, or a plain string taken as one user message."""
@@ -32,6 +53,28 @@ def _as_messages(conv: Conversation) -> list[dict]:
     if isinstance(conv, str):
         return [{"role": "user", "content": conv}]
     return list(conv)
+
+
+def plan_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    padded: Sequence[bool] | None = None,
+) -> list[list[int]]:
+    """Split job indices into batches: the jobs that may be padded (``padded[k]``, default all) are
+    sorted by length (longest first, stable) and cut into batches of ``batch_size``, so a batch pads
+    as little as possible; the others are grouped by exact length (no padding). Deterministic."""
+    ok = [True] * len(lengths) if padded is None else [bool(p) for p in padded]
+    free = sorted((k for k in range(len(lengths)) if ok[k]), key=lambda k: -lengths[k])
+    out = [free[b : b + batch_size] for b in range(0, len(free), batch_size)]
+    by_len: dict[int, list[int]] = {}
+    for k in range(len(lengths)):
+        if not ok[k]:
+            by_len.setdefault(int(lengths[k]), []).append(k)
+    for n in sorted(by_len, reverse=True):
+        ks = by_len[n]
+        out += [ks[b : b + batch_size] for b in range(0, len(ks), batch_size)]
+    return out
 
 
 def sample(
@@ -47,6 +90,7 @@ def sample(
     fwd_hooks: Sequence[tuple[str, Callable[[Tensor, Any], Tensor]]] | Callable[[Tensor], Sequence[Any]] = (),
     batch_size: int = 64,
     stop_token_ids: Sequence[int] | None = None,
+    padding: Literal["left", "none"] = "left",
 ) -> list[str]:
     """Sample answers to chat conversations, under ``fwd_hooks``.
 
@@ -59,15 +103,22 @@ def sample(
     ``fwd_hooks`` may also be a function of the batch's row indices (a LongTensor of positions in
     the flat, conversation-major output) returning the hooks for that batch: this runs one setting
     per row (e.g. per-row steering directions) in shared ``generate`` calls.
+
+    ``padding="left"`` (default) batches prompts of different lengths together, left-padded (see the
+    module docstring: exact, and hooks see each row's own positions); ``padding="none"`` batches
+    only prompts of equal length (never padded; for plain hooks that index absolute columns).
     """
-    if n_per_prompt < 1:
-        raise ValueError(f"n_per_prompt={n_per_prompt} must be at least 1")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} must be in (0, 1]")
+    n_per_prompt = positive_int(n_per_prompt, "n_per_prompt")
+    batch_size = positive_int(batch_size, "batch_size")
+    max_new_tokens = positive_int(max_new_tokens, "max_new_tokens", fix="an answer needs at least one token")
+    temperature = finite(temperature, "temperature", min=0.0, fix="0 means greedy decoding")
+    top_p = finite(top_p, "top_p", min=0.0, min_open=True, max=1.0)
+    if top_k is not None:
+        top_k = positive_int(top_k, "top_k")
+    if conversations is None or isinstance(conversations, (str, bytes)):
+        raise BadInput(f"conversations={conversations!r:.60} must be a list of conversations (or of strings)")
+    if padding not in ("left", "none"):
+        raise ValueError(f"padding={padding!r} must be 'left' or 'none'")
     if len(conversations) == 0:
         return []
     adapter = as_adapter(model)
@@ -80,12 +131,21 @@ def sample(
     if not stops:
         raise ValueError("the tokenizer has no EOS token; pass stop_token_ids=[...]")
     n_ctx = int(getattr(adapter.model.cfg, "n_ctx", 0) or 0)
+    new_tokens: list[int] = []
+    for r in rows:
+        if n_ctx and len(r) >= n_ctx:
+            raise ValueError(f"a prompt has {len(r)} tokens, no room left in the model's context of {n_ctx}")
+        new_tokens.append(min(max_new_tokens, n_ctx - len(r)) if n_ctx else max_new_tokens)
 
-    # Jobs (prompt index, sample index), grouped by prompt length, in batches of equal length.
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    bridge = adapter.is_bridge
+    paddable = [padding == "left" and n == max_new_tokens for n in new_tokens]
+    if padding == "left" and not bridge:
+        paddable = [ok and _left_pad_reads_back(adapter, r, int(pad_id)) for ok, r in zip(paddable, rows)]
+
+    # Jobs (prompt index, sample index), conversation-major; batches of job indices.
     jobs = [(i, j) for i in range(len(rows)) for j in range(n_per_prompt)]
-    by_len: dict[int, list[int]] = {}
-    for k, (i, _) in enumerate(jobs):
-        by_len.setdefault(len(rows[i]), []).append(k)
+    batches = plan_batches([len(rows[i]) for i, _ in jobs], batch_size, padded=[paddable[i] for i, _ in jobs])
     out: list[str | None] = [None] * len(jobs)
 
     device = adapter.device
@@ -94,37 +154,55 @@ def sample(
         torch.manual_seed(seed)
         per_batch = callable(fwd_hooks)
         with adapter.model.hooks(fwd_hooks=[] if per_batch else list(fwd_hooks)):  # type: ignore[arg-type]
-            for length in sorted(by_len):
-                new_tokens = max_new_tokens
-                if n_ctx:
-                    if length >= n_ctx:
-                        raise ValueError(
-                            f"a prompt has {length} tokens, no room left in the model's context of {n_ctx}"
-                        )
-                    new_tokens = min(new_tokens, n_ctx - length)
-                ks = by_len[length]
-                for b in range(0, len(ks), batch_size):
-                    chunk = ks[b : b + batch_size]
-                    toks = torch.tensor([rows[jobs[k][0]] for k in chunk], dtype=torch.long, device=device)
-                    batch_hooks = list(fwd_hooks(torch.tensor(chunk))) if per_batch else []  # type: ignore[operator]
-                    with adapter.model.hooks(fwd_hooks=batch_hooks):
-                        gen = adapter.model.generate(
-                            toks,
-                            max_new_tokens=new_tokens,
-                            stop_at_eos=True,
-                            eos_token_id=stops if len(stops) > 1 else stops[0],
-                            do_sample=temperature > 0,
-                            temperature=temperature if temperature > 0 else 1.0,
-                            top_p=top_p if top_p < 1.0 else None,
-                            top_k=top_k,
-                            use_past_kv_cache=True,
-                            verbose=False,
-                            return_type="tokens",
-                        )
-                    for k, seq in zip(chunk, gen[:, length:].tolist()):
-                        cut = next((p for p, t in enumerate(seq) if t in stops), len(seq))
-                        out[k] = tok.decode(seq[:cut], skip_special_tokens=True).strip()
+            for chunk in batches:
+                seqs = [rows[jobs[k][0]] for k in chunk]
+                width = max(len(r) for r in seqs)
+                pads = [width - len(r) for r in seqs]
+                toks = torch.full((len(seqs), width), int(pad_id), dtype=torch.long)
+                for b, r in enumerate(seqs):
+                    toks[b, pads[b]:] = torch.tensor(r, dtype=torch.long)
+                toks = toks.to(device)
+                kwargs: dict[str, Any] = {}
+                if bridge:
+                    am = torch.ones_like(toks)
+                    for b, p in enumerate(pads):
+                        am[b, :p] = 0
+                    kwargs["attention_mask"] = am
+                else:
+                    kwargs["padding_side"] = "left"
+                batch_hooks = list(fwd_hooks(torch.tensor(chunk))) if per_batch else []  # type: ignore[operator]
+                with adapter.model.hooks(fwd_hooks=batch_hooks), Positions.left_padded(pads):
+                    gen = adapter.model.generate(
+                        toks,
+                        max_new_tokens=new_tokens[jobs[chunk[0]][0]],
+                        stop_at_eos=True,
+                        eos_token_id=stops if len(stops) > 1 else stops[0],
+                        do_sample=temperature > 0,
+                        temperature=temperature if temperature > 0 else 1.0,
+                        top_p=top_p if top_p < 1.0 else None,
+                        top_k=top_k,
+                        use_past_kv_cache=True,
+                        verbose=False,
+                        return_type="tokens",
+                        **kwargs,
+                    )
+                for k, seq in zip(chunk, gen[:, width:].tolist()):
+                    cut = next((p for p, t in enumerate(seq) if t in stops), len(seq))
+                    out[k] = tok.decode(seq[:cut], skip_special_tokens=True).strip()
     return [s if s is not None else "" for s in out]
+
+
+def _left_pad_reads_back(adapter: Any, row: Sequence[int], pad_id: int) -> bool:
+    """Whether ``HookedTransformer.generate`` reads ``row`` left-padded as exactly its own tokens:
+    it takes leading pad ids for padding (keeping one as BOS when BOS is the pad id)."""
+    if not row or row[0] != pad_id:
+        return True
+    from transformer_lens import utils
+
+    probe = torch.tensor([[pad_id, *row]])
+    prepend = bool(getattr(adapter.model.cfg, "default_prepend_bos", True))  # what generate passes
+    got = utils.get_attention_mask(adapter.tokenizer, probe, prepend, padding_side="left")
+    return got[0].tolist() == [0] + [1] * len(row)
 
 
 def to_judge_items(
