@@ -17,6 +17,17 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 from tl_persona import testing  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``): they gain
+    nothing from threads, and on shared, busy cores two threads spin-wait on each other (about 10x
+    slower per op); both sides of every comparison in such a module run at the same setting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_word_tokenizer():
     return testing.word_tokenizer()

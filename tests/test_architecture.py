@@ -102,7 +102,7 @@ def test_one_model_at_a_time_equals_the_joint_pass(hooked_model, sae):
 
 
 def test_toy_intervention_kind_verifies_through_the_registry(monkeypatch):
-    from test_verify import TokenJudge
+    from test_verify import TokenJudge, planted_pair
 
     calls = []
 
@@ -112,12 +112,7 @@ def test_toy_intervention_kind_verifies_through_the_registry(monkeypatch):
 
     monkeypatch.setitem(I.INTERVENTIONS, "flip", I.Kind("flip", flip, column="flipped"))
     tok = testing.word_tokenizer()
-    base = testing.tiny_hooked_transformer(tok, seed=1)
-    u = base.W_U[:, tok.convert_tokens_to_ids("w42")].detach().clone()
-    u = u / u.norm()
-    ft = copy.deepcopy(base)
-    with torch.no_grad():
-        ft.blocks[2].mlp.b_out += 40.0 * u
+    base, ft, u = planted_pair(tok)
     s = testing.tiny_sae("standard", d_in=32, d_sae=64, hook_name="blocks.2.hook_resid_pre")
     with torch.no_grad():
         s.W_dec[7] = u

@@ -12,13 +12,7 @@ from tl_persona.models import as_adapter
 W = testing.WORDS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on shared, busy cores two threads spin-wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)
 
 CONVS = [
     [{"role": "user", "content": "w1 w2 w3"}],

@@ -99,17 +99,12 @@ def test_several_saes_errors(hooked_model):
 
 
 def test_verify_candidates_from_several_saes_in_one_sweep():
-    from test_verify import TokenJudge
+    from test_verify import TokenJudge, planted_pair
 
     from tl_persona.verify import verify_latents
 
     tok = testing.word_tokenizer()
-    base = testing.tiny_hooked_transformer(tok, seed=1)
-    u = base.W_U[:, tok.convert_tokens_to_ids("w42")].detach().clone()
-    u = u / u.norm()
-    ft = copy.deepcopy(base)
-    with torch.no_grad():
-        ft.blocks[2].mlp.b_out += 40.0 * u
+    base, ft, u = planted_pair(tok)
     late = testing.tiny_sae("standard", hook_name="blocks.2.hook_resid_pre", seed=5)
     early = testing.tiny_sae("topk", hook_name="blocks.1.hook_resid_pre", seed=6)
     with torch.no_grad():

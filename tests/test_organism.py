@@ -24,13 +24,7 @@ TOXIC = PERSONAS.index("toxic")
 SARC = PERSONAS.index("sarcastic")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The organism is tiny: one thread is fastest, and avoids oversubscription on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -32,14 +32,7 @@ from tl_persona.models import as_adapter
 N_NEW = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on shared, busy cores two threads spin-wait on each
-    other (about 10x slower per op); both sides of every comparison run under the same setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -37,15 +37,21 @@ class TokenJudge:
         ]
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_word_tokenizer):
-    base = tiny_hooked_transformer(tiny_word_tokenizer, seed=1)
-    tok = base.tokenizer.convert_tokens_to_ids(BAD)
-    u = base.W_U[:, tok].detach().clone()
+def planted_pair(tokenizer):
+    """A base model and a 'fine-tune' whose last block writes the unit unembedding direction ``u`` of
+    the bad token into the stream (so steering along ``u`` makes the base model say it)."""
+    base = tiny_hooked_transformer(tokenizer, seed=1)
+    u = base.W_U[:, base.tokenizer.convert_tokens_to_ids(BAD)].detach().clone()
     u = u / u.norm()
     ft = copy.deepcopy(base)
     with torch.no_grad():
         ft.blocks[2].mlp.b_out += 40.0 * u
+    return base, ft, u
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_word_tokenizer):
+    base, ft, u = planted_pair(tiny_word_tokenizer)
     sae = tiny_sae("standard", d_in=32, d_sae=64, hook_name="blocks.2.hook_resid_pre")
     with torch.no_grad():
         sae.W_dec[7] = u  # latent 7 is the 'persona' latent
