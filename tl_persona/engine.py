@@ -24,7 +24,7 @@ import contextlib
 import copy
 import datetime as _dt
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -365,11 +365,11 @@ def stream(
             if trackers[k][e] is not None and world > 1:
                 trackers[k][e].gather_distributed()
     if track_top > 0:
+        finals = [_select_top(stats[1][e].mean.cpu() - stats[0][e].mean.cpu(), track_top) for e in range(E)]
         extra_need = []
         for e in range(E):
-            final = _select_top(stats[1][e].mean.cpu() - stats[0][e].mean.cpu(), track_top)
             have = set(trackers[0][e].latents.tolist())
-            extra_need.append([j for j in final if j not in have])
+            extra_need.append([j for j in finals[e] if j not in have])
             second[e] = len(extra_need[-1])
         extra = None
         if any(extra_need):
@@ -382,9 +382,8 @@ def stream(
                     if t is not None and world > 1:
                         t.gather_distributed()
         for e in range(E):
-            final = _select_top(stats[1][e].mean.cpu() - stats[0][e].mean.cpu(), track_top)
             missing = extra_need[e]
-            found = [j for j in final if j not in set(missing)]
+            found = [j for j in finals[e] if j not in set(missing)]
             parts = [(found, [trackers[k][e] for k in range(K)])]
             if missing:
                 assert extra is not None
@@ -412,15 +411,3 @@ def stream(
     }
     return StreamResult(stats, tracked, n_tokens, second, meta, trackers)
 
-
-def encoders_of(items: Iterable[Any]) -> list[Encoder]:
-    """Check that every item meets the :class:`Encoder` protocol (clear error naming the bad one)."""
-    out = []
-    for i, e in enumerate(items):
-        if not isinstance(e, Encoder):
-            raise BadInput(
-                f"encoder {i} ({type(e).__name__}) does not meet the Encoder protocol (hook_name, d_in, "
-                "n_features, device, encode(x), identity()); wrap an SAE with tl_persona.saes.SAEEncoder"
-            )
-        out.append(e)
-    return out
