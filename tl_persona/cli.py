@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verification", default=None, help="CSV written by `tl-persona verify --out`")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--out", default="tl_persona_report")
+    _add_vector_commands(sub)
     return ap
 
 
@@ -584,6 +585,160 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "diff": cmd_diff, "inspect": cmd_inspect, "generate": cmd_generate,
             "verify": cmd_verify, "report": cmd_report}
+
+
+# ------------------------------------------------------------------ screen / predict (persona vectors, #14)
+def _add_vector_commands(sub: Any) -> None:
+    p = sub.add_parser("screen", help="score training samples on the base model before training (data screening)")
+    _add_model_opts(p, "model")
+    _add_sae_opts(p)
+    p.add_argument("--samples", default=None,
+                   help="training samples: JSONL of chats ending with the answer ({messages}) or {prompt, response}; "
+                        "or organism:mixed:DOMAIN[:BAD_FRACTION] (the organism's fine-tuning set, labels known)")
+    p.add_argument("--latent", type=int, default=None, help="SAE latent to score (with --sae)")
+    p.add_argument("--vector", default=None,
+                   help="persona vector: a file written by PersonaVector.save, or organism:toxic (the organism's "
+                        "response-token toxic vector, built without the screened domain)")
+    p.add_argument("--base-responses", choices=["sample", "none"], default="sample",
+                   help="sample the model's own answers for the projection difference (default) or skip it")
+    p.add_argument("--by", default="projection_difference", choices=["projection_difference", "projection", "latent"])
+    p.add_argument("--top", type=int, default=10, help="most suspicious samples to print")
+    p.add_argument("--out", default=None, help="CSV of every sample's scores")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a screening CSV")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("predict", help="fine-tune series on the organism: do latent / persona-vector shifts predict "
+                                       "misalignment? (Pearson / Spearman with CIs)")
+    p.add_argument("--domains", default="code,medical,finance,cars", help="comma-separated fine-tuned domains")
+    p.add_argument("--fractions", default="0,0.05,0.25,0.5,1", help="comma-separated bad-data fractions")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds of the bad-data runs")
+    p.add_argument("--control-seeds", default="0,1", help="comma-separated seeds of the 0%%-bad controls")
+    p.add_argument("--steps", type=_positive_int, default=40, help="fine-tune steps (default 40)")
+    p.add_argument("--lr", type=float, default=2e-4, help="fine-tune learning rate (default 2e-4)")
+    p.add_argument("--behaviour", choices=["mass", "sampled"], default="mass",
+                   help="toxic first-token probability (default) or toxic rate of sampled answers")
+    p.add_argument("--out", default=None, help="JSON of the rows and the summary")
+    p.add_argument("--plot", default=None, help="PNG of the two scatter plots")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _csv_list(text: str, option: str, kind: type) -> list[Any]:
+    try:
+        out = [kind(t.strip()) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"{option} {text!r} must be comma-separated {kind.__name__}s") from None
+    if not out:
+        raise UsageError(f"{option} is empty")
+    return out
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    from tl_persona.screening import screen
+    from tl_persona.vectors import PersonaVector
+
+    _require(args, "model", "samples")
+    if args.latent is not None and not args.sae:
+        raise UsageError("--latent goes with --sae")
+    if args.vector is None and args.latent is None:
+        raise UsageError("pass --vector and/or --sae with --latent")
+    labels = None
+    org = None
+    spec = args.samples
+    if spec.startswith("organism:mixed"):
+        from tl_persona import organism
+        from tl_persona.series import mixed_dataset
+
+        parts = spec.split(":")
+        if len(parts) < 3:
+            raise UsageError(f"--samples {spec!r}: write organism:mixed:DOMAIN[:BAD_FRACTION], e.g. organism:mixed:code:0.1")
+        org = organism.load()
+        frac = float(parts[3]) if len(parts) > 3 else 0.1
+        samples, labels = mixed_dataset(org.world, domain=parts[2], bad_fraction=frac, seed=args.seed)
+    else:
+        from tl_persona.data import PromptSet
+
+        samples = PromptSet.from_jsonl(spec, chat=True)
+    if args.out:
+        from tl_persona.provenance import guard_overwrite
+
+        guard_overwrite(args.out, overwrite=args.overwrite, option="--overwrite", what="screening CSV",
+                        is_ours=lambda p: p.read_text()[:40].startswith("latent,projection"))
+    model = _model(args, args.model)
+    sae = _sae(args) if args.sae else None
+    vector = None
+    if args.vector == "organism:toxic":
+        from tl_persona import organism
+        from tl_persona.series import organism_response_vector
+
+        org = org or organism.load()
+        dom = spec.split(":")[2] if spec.startswith("organism:mixed") else None
+        vector = organism_response_vector(org, exclude_domain=dom)
+    elif args.vector:
+        vector = PersonaVector.load(args.vector)
+    sc = screen(model, samples, sae=sae, latent=args.latent, vector=vector, labels=labels,
+                base="sample" if vector is not None and args.base_responses == "sample" else None, seed=args.seed)
+    by = args.by if vector is not None or args.by == "latent" else "latent"
+    df = sc.to_pandas()
+    print(df.iloc[sc.rank(by, min(args.top, len(sc)))].to_string())
+    print(f"dataset score ({by}): {sc.dataset_score(by):.4f} over {len(sc)} samples")
+    if labels is not None:
+        a, lo, hi = sc.auroc_ci(by)
+        print(f"AUROC for the bad samples ({by}): {a:.3f} [{lo:.3f}, {hi:.3f}]")
+    if args.out:
+        from tl_persona.provenance import atomic_write_text
+
+        atomic_write_text(args.out, df.to_csv(index=False))
+        print(f"scores: {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tl_persona.validate import finite
+
+    domains = _csv_list(args.domains, "--domains", str)
+    fractions = _csv_list(args.fractions, "--fractions", float)
+    for f in fractions:
+        finite(f, "--fractions", min=0.0, max=1.0)
+    seeds, controls = _csv_list(args.seeds, "--seeds", int), _csv_list(args.control_seeds, "--control-seeds", int)
+    finite(args.lr, "--lr", min=0.0, min_open=True)
+    from tl_persona import organism
+    from tl_persona.series import organism_series
+
+    bad = sorted(set(domains) - set(organism.DOMAINS))
+    if bad:
+        raise UsageError(f"--domains: unknown {bad}; the organism's domains are {list(organism.DOMAINS)}")
+    say = (lambda s: None) if args.no_progress else (lambda s: print(s, file=sys.stderr, flush=True))
+    org = organism.load()
+    res = organism_series(org, behaviour=args.behaviour, progress=say, domains=domains, fractions=fractions,
+                          seeds=seeds, control_seeds=controls, steps=args.steps, lr=args.lr)
+    summ = res.summary()
+    for k, c in res.correlations().items():
+        print(f"{k}: {c}; flags from {summ[k]['how_early']} bad data")
+    print(f"behaviour itself flags from {summ['behaviour_how_early']}; better predictor: {summ.get('better')}")
+    if args.out:
+        from tl_persona.provenance import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps({"summary": summ, "rows": res.to_rows(), "meta": res.meta},
+                                               indent=1, default=str))
+        print(f"series: {args.out}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from tl_persona.series import plot_series
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, by in zip(axes, res.instruments):
+            plot_series(ax, res, by)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+COMMANDS.update({"screen": cmd_screen, "predict": cmd_predict})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,10 @@ Means are token-pooled: every selected token of every prompt counts once (with `
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import torch
@@ -37,7 +40,10 @@ from tl_persona.data import PromptsLike, Scope, as_prompt_set, check_scope
 from tl_persona.directions import Projection
 from tl_persona.models import as_adapter, hook_layer
 from tl_persona.saes import d_in as sae_d_in
+from tl_persona.provenance import atomic_write_bytes
 from tl_persona.validate import BadInput, finite_tensor, positive_int
+
+_FORMAT = "tl_persona.PersonaVector"
 
 __all__ = [
     "PersonaVector",
@@ -115,9 +121,48 @@ class PersonaVector:
         return {"name": self.name, "hook_name": self.hook_name, "layer": self.layer, "scope": self.scope,
                 "norm": self.norm, "n_positive": self.n_positive, "n_negative": self.n_negative, **self.meta}
 
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the vector and its description to one ``.safetensors`` file, atomically (a file
+        that is not a saved vector is only replaced with ``overwrite``)."""
+        from safetensors.torch import save
+
+        path = Path(path)
+        if path.exists() and not overwrite and not _is_saved_vector(path):
+            raise BadInput(f"{str(path)!r} exists and is not a saved PersonaVector; pass overwrite=True to replace it")
+        head = {"format": _FORMAT, "hook_name": self.hook_name, "scope": self.scope, "name": self.name,
+                "n_positive": str(self.n_positive), "n_negative": str(self.n_negative),
+                "meta": json.dumps(self.meta, default=str)}
+        return atomic_write_bytes(path, save({"vector": self.vector.detach().float().contiguous()}, metadata=head))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PersonaVector":
+        """Read a vector written by :meth:`save`."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not _is_saved_vector(path):
+            raise BadInput(f"{str(path)!r} is not a PersonaVector file (write one with PersonaVector.save)")
+        with safe_open(str(path), framework="pt") as f:
+            m = f.metadata()
+            v = f.get_tensor("vector")
+        return cls(v, m["hook_name"], m["scope"], m["name"], int(m["n_positive"]), int(m["n_negative"]),
+                   json.loads(m.get("meta", "{}")))
+
     def __repr__(self) -> str:
         return (f"PersonaVector({self.name!r} at {self.hook_name!r}, scope={self.scope!r}, norm={self.norm:.3g}, "
                 f"tokens {self.n_positive}/{self.n_negative})")
+
+
+def _is_saved_vector(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == _FORMAT
+    except Exception:
+        return False
 
 
 def as_vector(vector: "PersonaVector | Tensor", name: str = "vector", d_model: int | None = None) -> Float[Tensor, " d_model"]:
