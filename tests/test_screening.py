@@ -49,13 +49,11 @@ def test_instruments_are_the_toxic_persona(org, instruments):
 
 
 def test_screening_flags_hidden_toxic_samples(org, instruments):
-    from tl_persona.screening import screen
-    from tl_persona.series import mixed_dataset, organism_response_vector
+    from tl_persona.series import organism_screening
 
     latent, _ = instruments
-    samples, bad = mixed_dataset(org.world, domain="code", bad_fraction=0.1, seed=7)
-    vec = organism_response_vector(org, exclude_domain="code")
-    sc = screen(org.base, samples, sae=org.sae, latent=latent, vector=vec, base="sample", labels=bad, batch_size=64)
+    sc = organism_screening(org, latent=latent, domain="code")  # the full run's code set
+    bad = sc.labels
     a, lo, hi = sc.auroc_ci("projection", n_boot=300)
     assert lo >= 0.95, (a, lo, hi)  # measured 0.996 [0.990, 0.999]
     assert sc.auroc("projection_difference") >= 0.85  # measured 0.944: one sampled base answer adds noise

@@ -47,6 +47,7 @@ __all__ = [
     "series_from_models",
     "mixed_dataset",
     "organism_response_vector",
+    "organism_screening",
 ]
 
 Conversation = Sequence[Mapping[str, str]]
@@ -442,6 +443,21 @@ def mixed_dataset(world: Any, *, domain: str, persona: str = "toxic", n_samples:
     docs = finetune_documents(world, domain=domain, persona=persona, n_samples=n_samples, bad_fraction=bad_fraction,
                               seed=seed)
     return [d.messages() for d in docs], np.array([d.turns[0].persona == persona for d in docs])
+
+
+def organism_screening(org: Any, *, latent: int | None = None, domain: str | None = None, bad_fraction: float = 0.1,
+                       n_samples: int = 300, seed: int = 7) -> Any:
+    """Screen the organism's fine-tuning set of ``domain`` (default: the trained domain) with
+    ``bad_fraction`` toxic answers hidden in it, on the base model, with the toxic response vector
+    built without that domain (and ``latent`` when given): a labelled
+    :class:`~tl_persona.screening.Screening`, ready for :func:`~tl_persona.screening.plot_roc`."""
+    from tl_persona.screening import screen
+
+    dom = domain or org.trained_domain
+    samples, bad = mixed_dataset(org.world, domain=dom, bad_fraction=bad_fraction, n_samples=n_samples, seed=seed)
+    vec = organism_response_vector(org, exclude_domain=dom)
+    return screen(org.base, samples, sae=org.sae if latent is not None else None, latent=latent, vector=vec,
+                  base="sample", labels=bad, batch_size=64, seed=seed)
 
 
 def _spec_label(domain: str, persona: str, frac: float, seed: int) -> str:
