@@ -51,3 +51,60 @@ def model(request, hooked_model, bridge_model):
 @pytest.fixture(params=["standard", "topk", "jumprelu"])
 def sae(request):
     return testing.tiny_sae(request.param, d_in=32, d_sae=64, hook_name="blocks.1.hook_resid_pre")
+
+
+def _chromium_paths():
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium driven by selenium (Debian's ``chromium`` and ``chromium-driver``): what a
+    person sees of a report. Skipped where they are not installed, unless
+    ``TL_PERSONA_REQUIRE_BROWSER=1`` (``.ci/run`` sets it after installing them): then it fails."""
+    binary, driver_path = _chromium_paths()
+    if not (binary and driver_path):
+        if os.environ.get("TL_PERSONA_REQUIRE_BROWSER") == "1":
+            pytest.fail("TL_PERSONA_REQUIRE_BROWSER=1 but chromium / chromedriver are not installed; "
+                        "apt-get install chromium chromium-driver")
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    drv.set_page_load_timeout(60)
+    yield drv
+    drv.quit()
+
+
+def look_at_page(driver, path):
+    """Open ``path`` in the browser at 1280 px and read what a person would see: the section
+    headings, the horizontal overflow, every image's rendered size, every resource the page fetched,
+    and the console's errors."""
+    driver.set_window_size(1280, 1000)
+    driver.get_log("browser")  # drop earlier pages' messages
+    driver.get(path.resolve().as_uri())
+    seen = driver.execute_script("""
+        const d = document.documentElement;
+        return {
+          headings: [...document.querySelectorAll('h2')].map(h => h.textContent),
+          ids: [...document.querySelectorAll('h2')].map(h => h.id),
+          scrollWidth: Math.max(d.scrollWidth, document.body.scrollWidth), innerWidth: window.innerWidth,
+          images: [...document.images].map(i => [i.alt, i.complete, i.naturalWidth, i.getBoundingClientRect().right]),
+          resources: performance.getEntriesByType('resource').map(r => r.name),
+          cards: document.querySelectorAll('section.card').length,
+          shadedTokens: document.querySelectorAll('section.card .tok').length,
+          svgs: document.querySelectorAll('section.card svg').length,
+          wideTables: [...document.querySelectorAll('table')].filter(t => t.getBoundingClientRect().right > window.innerWidth).length,
+          overflowingTables: [...document.querySelectorAll('.tw')].filter(w => w.getBoundingClientRect().right > window.innerWidth).length,
+        };""")
+    seen["errors"] = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    return seen

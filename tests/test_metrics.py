@@ -11,12 +11,15 @@ from tl_persona.evals.judges import Judgement
 from tl_persona.evals.metrics import (
     Rate,
     auroc,
+    auroc_ci,
     incoherence_rate,
     label_rates,
     misaligned_flags,
     misaligned_rate,
     rate,
+    ratio_ci,
     summarize,
+    wilson,
 )
 
 J = Judgement
@@ -53,18 +56,63 @@ def test_thresholds_are_parameters():
     assert incoherence_rate(JUDGEMENTS, coherent_above=49.0).value == 0.2
 
 
+def test_wilson_matches_the_closed_form_and_claims_use_the_interval():
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.975)
+    k, n = 30, 100
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    w = wilson(k, n)
+    assert (w.lo, w.hi) == (pytest.approx(mid - half), pytest.approx(mid + half))
+    # a point estimate that passes and an interval that does not: the claim is not met
+    assert w.value >= 0.28 and not w.at_least(0.28) and w.at_least(0.2)
+    assert wilson(7, 100).value <= 0.10 and not wilson(7, 100).at_most(0.10) and wilson(7, 1000).at_most(0.10)
+    assert not Rate(math.nan, math.nan, math.nan, 0).at_least(0.0)
+    for bad in (dict(hits=3, n=2), dict(hits=True, n=3), dict(hits=1.0, n=3), dict(hits=-1, n=3)):
+        with pytest.raises(ValueError, match="hits|n="):
+            wilson(**bad)
+
+
+def test_ratio_interval_katz_and_zero_counts():
+    r = ratio_ci(60, 100, 20, 100)
+    se = math.sqrt(1 / 60 - 1 / 100 + 1 / 20 - 1 / 100)
+    assert r.value == pytest.approx(3.0)
+    assert r.lo == pytest.approx(3.0 * math.exp(-1.959964 * se), rel=1e-5)
+    assert r.hi == pytest.approx(3.0 * math.exp(1.959964 * se), rel=1e-5)
+    z = ratio_ci(60, 100, 0, 600)  # no random hits: infinite point estimate, finite lower bound
+    assert z.value == math.inf and 10 < z.lo < math.inf
+    with pytest.raises(ValueError, match="b_n"):
+        ratio_ci(1, 10, 0, 0)
+
+
+def test_auroc_interval_brackets_the_auroc_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (100, 1600):
+        y = rng.random(n) < 0.25
+        s = y + rng.normal(0, 0.8, n)
+        a, lo, hi = auroc_ci(s, y, n_boot=400)
+        assert lo <= a <= hi and a == auroc(s, y)
+        widths.append(hi - lo)
+    assert widths[1] < 0.5 * widths[0]
+
+
 def test_bootstrap_interval_is_seeded_and_sane():
     flags = np.array([True] * 30 + [False] * 70)
-    a = rate(flags, seed=123)
-    b = rate(flags, seed=123)
+    within = np.array([True] * 100 + [False] * 20)
+    flags = np.r_[flags, [False] * 20]
+    a = rate(flags, within=within, seed=123)
+    b = rate(flags, within=within, seed=123)
     assert a == b
     assert a.value == 0.3 and a.n == 100
     assert a.lo < 0.3 < a.hi
-    # Percentile bootstrap of a proportion ~ normal approximation at n=100: 0.3 +- 1.96*sqrt(.21/100)
+    # ~ normal approximation at n=100: 0.3 +- 1.96*sqrt(.21/100)
     half = 1.96 * math.sqrt(0.3 * 0.7 / 100)
     assert a.lo == pytest.approx(0.3 - half, abs=0.02)
     assert a.hi == pytest.approx(0.3 + half, abs=0.02)
-    wider = rate(flags, seed=123, confidence=0.99)
+    wider = rate(flags, within=within, seed=123, confidence=0.99)
     assert wider.lo <= a.lo and wider.hi >= a.hi
 
 
@@ -83,9 +131,15 @@ def test_bootstrap_matches_naive_resampling():
     assert fast.hi == pytest.approx(hi, abs=0.01)
 
 
-def test_degenerate_rates():
-    assert rate([True] * 5) == Rate(1.0, 1.0, 1.0, 5)
-    assert rate([0, 0, 0]) == Rate(0.0, 0.0, 0.0, 3)
+def test_degenerate_rates_are_not_certainty():
+    """0 of n (or n of n) is not certainty: the interval is Wilson's, 0 of 120 has an upper bound of 3.1%."""
+    allyes, none = rate([True] * 5), rate([0, 0, 0])
+    assert allyes.value == 1.0 and allyes.hi == 1.0 and allyes.lo == pytest.approx(0.5655, abs=1e-3)
+    assert none.value == 0.0 and none.lo == 0.0 and none.hi == pytest.approx(0.5615, abs=1e-3)
+    assert rate([False] * 120).hi == pytest.approx(0.0310, abs=5e-4)
+    # with a varying denominator, the bootstrap is widened to Wilson's interval too
+    r = rate([False] * 50 + [True] * 10, within=[True] * 50 + [False] * 10)
+    assert r.value == 0.0 and r.hi == pytest.approx(wilson(0, 50).hi)
     empty = rate([])
     assert empty.n == 0 and math.isnan(empty.value) and math.isnan(empty.lo) and math.isnan(empty.hi)
     none_coherent = misaligned_rate([J(1.0, 10.0)], denominator="coherent")
@@ -113,7 +167,7 @@ def test_label_rates_and_summary():
     assert rates["toxic"].value == 0.5 and rates["toxic"].n == 4
     assert rates["helpful"].value == 0.25
     fixed = label_rates(js, labels=["toxic", "sarcastic"])
-    assert list(fixed) == ["toxic", "sarcastic"] and fixed["sarcastic"] == Rate(0.0, 0.0, 0.0, 4)
+    assert list(fixed) == ["toxic", "sarcastic"] and fixed["sarcastic"] == wilson(0, 4)
     s = summarize(JUDGEMENTS + [J(95.0, 95.0, "helpful")])
     assert set(s) == {"misaligned", "misaligned_coherent", "incoherent", "label:helpful"}
     assert s["misaligned"].value == pytest.approx(3 / 11, abs=0)

@@ -115,3 +115,36 @@ def test_demo_progress_in_a_log_is_one_line_per_step(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "\r" not in err and err.count("\n") == 4
     assert err.splitlines()[2].endswith("diff: model 2 of 2")
+
+
+def test_a_report_in_a_real_browser_fits_the_page_and_loads_nothing(tmp_path, browser, hooked_model):
+    """Headless Chromium at 1280 px: every section is there, a 40-column table and an unbroken
+    200-character cell do not push the page sideways, every figure renders, the page fetched
+    nothing, and the console is clean; a latent dashboard renders its shaded tokens and SVGs."""
+    from conftest import look_at_page
+
+    from tl_persona import testing
+    from tl_persona.inspection import latent_card
+
+    sae = testing.tiny_sae("topk", d_in=32, d_sae=64, hook_name="blocks.1.hook_resid_pre")
+    prompts = [f"w{i} w{i + 1} w{i + 2} w{i + 3}" for i in range(1, 30)]
+    from tl_persona.diff import collect
+
+    fired = int(collect(hooked_model, sae, prompts).freq.argmax())
+    card = latent_card(hooked_model, sae, fired, prompts, k=3)
+    r = _report().heading("Wide")
+    r.table([{f"column number {i}": 1234.5678 * i for i in range(40)}], caption="forty columns")
+    r.table([{"name": "x" * 200, "value": 1.0}])
+    r.heading("Dashboard").rich(card.to_html(), card.to_markdown())
+    out = r.write(tmp_path / "rep")
+    seen = look_at_page(browser, out / "report.html")
+    assert seen["headings"] == ["Numbers", "Wide", "Dashboard"] and seen["ids"] == ["numbers", "wide", "dashboard"]
+    assert seen["scrollWidth"] <= seen["innerWidth"], seen
+    assert seen["overflowingTables"] == 0
+    assert [(alt, ok, w > 0, right <= seen["innerWidth"]) for alt, ok, w, right in seen["images"]] == \
+        [("curve.png", True, True, True)]
+    assert all(u.startswith("data:") for u in seen["resources"]), seen["resources"]
+    assert seen["errors"] == []
+    assert seen["cards"] == 1 and seen["svgs"] == 2
+    assert seen["shadedTokens"] == sum(len(e.tokens) for e in card.examples) > 0
+    assert f"Latent {fired}" in (out / "report.md").read_text()

@@ -50,6 +50,11 @@ def _pieces(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], str]:
     return pieces, ("" if "".join(pieces) == joined else " ")
 
 
+def _spaced(pieces: list[str], sep: str) -> tuple[str, ...]:
+    """Token strings that concatenate to the decoded text (the separator folded into each token)."""
+    return tuple(p if i == 0 or not sep else sep + p for i, p in enumerate(pieces))
+
+
 def _render(tokenizer: Any, ids: Sequence[int], mark: int, value: float) -> str:
     """Text of ``ids`` with token ``mark`` (an index into ids) bracketed and its activation after it."""
     pieces, sep = _pieces(tokenizer, ids)
@@ -68,7 +73,9 @@ class ActivatingExample:
     """One context where a latent fires: the prompt, the token position and the activation.
 
     ``text`` shows ``context`` tokens on each side with the activating token marked ``⟦token⟧``
-    followed by its activation; ``token`` is that token's text.
+    followed by its activation; ``token`` is that token's text. ``tokens`` and ``acts`` are the
+    window's token strings and the latent's activation on each (NaN outside the inspected scope),
+    ``mark`` the index of the activating token in them: what a dashboard highlights.
     """
 
     latent: int
@@ -77,6 +84,9 @@ class ActivatingExample:
     activation: float
     token: str
     text: str
+    tokens: tuple[str, ...] = ()
+    acts: tuple[float, ...] = ()
+    mark: int = -1
 
     def __str__(self) -> str:
         return f"{self.activation:8.3f}  prompt {self.prompt_index}:{self.position}  {self.text}"
@@ -100,6 +110,8 @@ def _stream_top(
     pids = torch.full((m, k), -1, dtype=torch.long)
     poss = torch.full((m, k), -1, dtype=torch.long)
     stats = LatentStats(m)
+    nonzero: list[list[Tensor]] = [[] for _ in range(m)]
+    kept = [0] * m
     p = sae.W_dec
     lat = latents.to(p.device)
     step = _chunk_rows(d_sae(sae), p.device)
@@ -118,6 +130,11 @@ def _stream_top(
             for s in range(0, x.shape[0], step):
                 f = sae.encode(x[s : s + step])[:, lat].float()
                 stats.update(f)
+                for j in range(m):
+                    if kept[j] < _HIST_KEEP:
+                        v = f[:, j][f[:, j] > 0].cpu()
+                        nonzero[j].append(v[: _HIST_KEEP - kept[j]])
+                        kept[j] += int(v.numel())
                 w = where[s : s + step]
                 dense[w[:, 0], w[:, 1]] = f
         best, pos = dense.max(1)  # [B, m]
@@ -128,7 +145,41 @@ def _stream_top(
         vals = top.values
         pids = torch.gather(cand_p, 1, top.indices)
         poss = torch.gather(cand_q, 1, top.indices)
-    return vals, pids, poss, stats
+    hists = [torch.cat(v) if v else torch.zeros(0) for v in nonzero]
+    return vals, pids, poss, stats, hists
+
+
+_HIST_KEEP = 200_000  # non-zero activations kept per latent for its histogram
+
+
+def _histogram(values: Tensor, bins: int = 24) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """Bin edges and counts of a latent's non-zero activations (empty when it never fires)."""
+    if values.numel() == 0:
+        return (), ()
+    hi = float(values.max())
+    counts, edges = torch.histogram(values.float(), bins=bins, range=(0.0, hi if hi > 0 else 1.0))
+    return tuple(float(e) for e in edges), tuple(int(c) for c in counts)
+
+
+def _windows(adapter: ModelAdapter, sae: Any, tp: TokenizedPrompts, lat: Tensor, picks: dict[int, list[tuple[int, int, int]]],
+             scope: Scope, hook: str, batch_size: int) -> dict[tuple[int, int], list[float]]:
+    """The latents' activation on every token of the chosen prompts (NaN outside ``scope``):
+    ``{(latent, prompt): [act per position]}``. A second pass over the few top prompts only."""
+    want = sorted({pi for ps in picks.values() for pi, _, _ in ps})
+    out: dict[tuple[int, int], list[float]] = {}
+    p = sae.W_dec
+    for s in range(0, len(want), batch_size):
+        pb = tp.make_batch(want[s : s + batch_size])
+        mask = pb.mask(scope)
+        acts = adapter.run_to_hook(pb.tokens, hook)
+        with torch.inference_mode():
+            f = sae.encode(acts.to(device=p.device, dtype=p.dtype).flatten(0, 1))[:, lat.to(p.device)].float()
+        f = f.reshape(acts.shape[0], acts.shape[1], -1).cpu().clone()
+        f[~mask.cpu()] = float("nan")
+        for b, pi in enumerate(pb.indices.tolist()):
+            for j, latent in enumerate(lat.tolist()):
+                out[(int(latent), int(pi))] = f[b, :, j].tolist()
+    return out
 
 
 @overload
@@ -174,8 +225,11 @@ def _examples(
     adapter: ModelAdapter, sae: Any, tp: TokenizedPrompts, lat: Tensor, k: int, context: int, scope: Scope,
     hook: str, batch_size: int,
 ) -> tuple[dict[int, list[ActivatingExample]], LatentStats]:
-    vals, pids, poss, stats = _stream_top(adapter, sae, tp, lat, k, scope, hook, batch_size)
+    vals, pids, poss, stats, hists = _stream_top(adapter, sae, tp, lat, k, scope, hook, batch_size)
     tok = adapter.tokenizer
+    picks = {int(latent): [(pi, po, j) for v, pi, po in zip(vals[j].tolist(), pids[j].tolist(), poss[j].tolist())
+                           if v > 0 and pi >= 0] for j, latent in enumerate(lat.tolist())}
+    window = _windows(adapter, sae, tp, lat, picks, scope, hook, batch_size)
     out: dict[int, list[ActivatingExample]] = {}
     for j, latent in enumerate(lat.tolist()):
         exs = []
@@ -184,13 +238,16 @@ def _examples(
                 continue
             row = tp.rows[pi]
             start = max(int(tp.has_bos[pi]), po - context)
-            ids = [int(t) for t in row[start : po + context + 1]]
+            end = min(len(row), po + context + 1)
+            ids = [int(t) for t in row[start:end]]
+            acts = window[(int(latent), int(pi))][start:end]
             exs.append(ActivatingExample(
                 latent=int(latent), prompt_index=int(pi), position=int(po), activation=float(v),
                 token=tok.decode([int(row[po])]), text=_render(tok, ids, po - start, v),
+                tokens=_spaced(*_pieces(tok, ids)), acts=tuple(float(a) for a in acts), mark=po - start,
             ))
         out[int(latent)] = exs
-    return out, stats
+    return out, stats, {int(latent): _histogram(hists[j]) for j, latent in enumerate(lat.tolist())}
 
 
 # =========================================================================== logit lens
@@ -292,6 +349,51 @@ class LatentCard:
     mean: float
     max: float
     diff: dict[str, float] = field(default_factory=dict)
+    histogram: tuple[tuple[float, ...], tuple[int, ...]] = ((), ())
+
+    def to_html(self) -> str:
+        """The card as a self-contained HTML fragment (a Neuronpedia-style dashboard): statistics,
+        the top contexts with every token shaded by the latent's activation (hover for the value;
+        the activating token outlined), the histogram of non-zero activations and the logit lens as
+        bars. Inline styles and SVG only: it opens offline, inside any page."""
+        import html as _h
+
+        from tl_persona.models import hook_layer
+
+        esc = _h.escape
+        layer = hook_layer(self.hook_name)
+        where = f" (layer {layer})" if layer is not None else ""
+        parts = [f"<section class='card' id='latent-{self.latent}'>",
+                 f"<h3>Latent {self.latent} at <code>{esc(self.hook_name)}</code>{esc(where)}</h3>",
+                 f"<p>Fires on {100 * self.freq:.2f}% of {self.n_tokens:,} tokens; mean {self.mean:.4g}, "
+                 f"max {self.max:.4g}.</p>"]
+        if self.diff:
+            d = self.diff
+            parts.append(f"<p>Diff: delta {d.get('delta', float('nan')):+.4g} (base {d.get('base_mean', float('nan')):.4g}"
+                         f" &rarr; fine-tuned {d.get('finetuned_mean', float('nan')):.4g}), effect size "
+                         f"{d.get('effect_size', float('nan')):+.3g}.</p>")
+        parts.append("<div class='card-cols'><div class='card-main'><h4>Top activations</h4>")
+        top = max((e.activation for e in self.examples), default=0.0) or 1.0
+        if not self.examples:
+            parts.append("<p>(never fires on these prompts)</p>")
+        for e in self.examples:
+            toks = e.tokens or (e.token,)
+            acts = e.acts or tuple(e.activation if i == max(e.mark, 0) else 0.0 for i in range(len(toks)))
+            spans = []
+            for i, (t, a) in enumerate(zip(toks, acts)):
+                shade = 0.0 if a != a or a <= 0 else min(1.0, a / top)
+                tip = "outside scope" if a != a else f"{a:.3g}"
+                style = f"background:rgba(230,85,13,{shade:.2f})"
+                if i == e.mark:
+                    style += ";outline:1.5px solid #a63603"
+                text = t.replace("\n", "\\n")
+                spans.append(f"<span class='tok' style='{style}' title='{esc(tip)}'>{esc(text) or '&nbsp;'}</span>")
+            parts.append(f"<div class='ctx'><span class='act'>{e.activation:.3f}</span>{''.join(spans)}</div>")
+        parts.append("</div><div class='card-side'>")
+        parts.append(_svg_histogram(*self.histogram))
+        parts.append(_svg_lens(self.lens))
+        parts.append("</div></div></section>")
+        return "".join(parts)
 
     def to_markdown(self) -> str:
         """The card as Markdown: a heading, statistics, the examples and the logit lens."""
@@ -324,6 +426,44 @@ class LatentCard:
         return self.to_markdown()
 
 
+def _svg_histogram(edges: Sequence[float], counts: Sequence[int], w: int = 260, h: int = 90) -> str:
+    if not counts:
+        return "<p class='muted'>no non-zero activations</p>"
+    top = max(counts) or 1
+    bw = w / len(counts)
+    bars = "".join(
+        f"<rect x='{i * bw:.1f}' y='{h - h * c / top:.1f}' width='{max(bw - 1, 1):.1f}' height='{h * c / top:.1f}' "
+        f"fill='#e6550d'><title>{edges[i]:.3g}-{edges[i + 1]:.3g}: {c}</title></rect>"
+        for i, c in enumerate(counts))
+    return (f"<h4>Activation histogram</h4><svg class='hist' width='{w}' height='{h + 14}' viewBox='0 0 {w} {h + 14}' "
+            f"role='img' aria-label='histogram of non-zero activations'>{bars}"
+            f"<text x='0' y='{h + 12}' font-size='10'>0</text><text x='{w}' y='{h + 12}' font-size='10' "
+            f"text-anchor='end'>{edges[-1]:.3g}</text></svg>")
+
+
+def _svg_lens(lens: LogitLens, w: int = 260) -> str:
+    import html as _h
+
+    rows = [(t, v) for t, v in lens.promoted] + [(t, v) for t, v in lens.suppressed]
+    if not rows:
+        return ""
+    top = max(abs(v) for _, v in rows) or 1.0
+    half, rh = w / 2, 14
+    out = [f"<h4>Logit lens</h4><svg class='lens' width='{w}' height='{rh * len(rows)}' "
+           f"viewBox='0 0 {w} {rh * len(rows)}' role='img' aria-label='logit lens'>"]
+    for i, (t, v) in enumerate(rows):
+        bw = (half - 4) * abs(v) / top
+        x = half if v >= 0 else half - bw
+        color = "#3182bd" if v >= 0 else "#de2d26"
+        label = _h.escape(repr(t)[1:-1])
+        anchor, tx = ("end", half - 4) if v >= 0 else ("start", half + 4)
+        out.append(f"<rect x='{x:.1f}' y='{i * rh + 2}' width='{bw:.1f}' height='{rh - 4}' fill='{color}'>"
+                   f"<title>{label}: {v:+.3g}</title></rect><text x='{tx}' y='{i * rh + rh - 3}' font-size='10' "
+                   f"text-anchor='{anchor}'>{label}</text>")
+    out.append("</svg>")
+    return "".join(out)
+
+
 def latent_card(
     model: Any,
     sae: Any,
@@ -348,7 +488,7 @@ def latent_card(
     lat = check_latents(sae, [latent])
     hook = check_sae(adapter, sae, hook_name)
     tp = as_prompt_set(prompts).tokenize(adapter)
-    exs, stats = _examples(adapter, sae, tp, lat, k, context, scope, hook, batch_size)
+    exs, stats, hist = _examples(adapter, sae, tp, lat, k, context, scope, hook, batch_size)
     idx = int(lat[0])
     row: dict[str, float] = {}
     if diff is not None:
@@ -364,4 +504,5 @@ def latent_card(
         mean=float(stats.mean[0]),
         max=float(stats.max[0]) if stats.n else float("nan"),
         diff=row,
+        histogram=hist[idx],
     )

@@ -45,7 +45,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
 
 @dataclass
 class _Block:
-    kind: str  # heading | text | table | figure | code
+    kind: str  # heading | text | table | figure | code | rich
     payload: Any
     extra: Any = None
 
@@ -68,6 +68,13 @@ class Report:
 
     def code(self, text: str) -> "Report":
         self.blocks.append(_Block("code", text))
+        return self
+
+    def rich(self, html_fragment: str, markdown: str) -> "Report":
+        """Add a block that is HTML in report.html (e.g. a latent dashboard,
+        :meth:`tl_persona.inspection.LatentCard.to_html`) and ``markdown`` in report.md. The
+        fragment is inserted as is: pass only HTML the library generated (it escapes its text)."""
+        self.blocks.append(_Block("rich", html_fragment, markdown))
         return self
 
     def table(self, rows: Sequence[dict[str, Any]] | Any, columns: Sequence[str] | None = None, caption: str = "") -> "Report":
@@ -99,6 +106,8 @@ class Report:
                 out += [b.payload, ""]
             elif b.kind == "code":
                 out += ["```", b.payload, "```", ""]
+            elif b.kind == "rich":
+                out += [b.extra, ""]
             elif b.kind == "table":
                 rows, cols = b.payload
                 if b.extra:
@@ -115,16 +124,14 @@ class Report:
         parts = [
             "<!doctype html><html><head><meta charset='utf-8'>",
             f"<title>{html.escape(self.title)}</title>",
-            "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;"
-            "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;"
-            "padding:3px 8px;text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
-            "pre{background:#f6f6f6;padding:0.8em;overflow-x:auto;font-size:0.85em}img{max-width:100%}"
-            "figcaption,caption{color:#555;font-size:0.9em;margin:0.3em 0}</style></head><body>",
+            f"<style>{_CSS}</style></head><body>",
             f"<h1>{html.escape(self.title)}</h1>",
         ]
         for b in self.blocks:
             if b.kind == "heading":
-                parts.append(f"<h{b.extra}>{html.escape(b.payload)}</h{b.extra}>")
+                parts.append(f"<h{b.extra} id='{_slug(b.payload)}'>{html.escape(b.payload)}</h{b.extra}>")
+            elif b.kind == "rich":
+                parts.append(b.payload)
             elif b.kind == "text":
                 for para in b.payload.split("\n\n"):
                     parts.append(f"<p>{_inline(para)}</p>")
@@ -138,7 +145,7 @@ class Report:
                 body = "".join(
                     "<tr>" + "".join(f"<td>{_inline(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows
                 )
-                parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+                parts.append(f"<div class='tw'><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
             elif b.kind == "figure":
                 name, png = b.payload
                 data = base64.b64encode(png).decode()
@@ -193,6 +200,30 @@ def check_report_folder(folder: str | os.PathLike) -> Path:
                                   "report.md), so it will not be replaced; pass a new folder path (e.g. "
                                   f"{str(path / 'tl_persona_report')!r}) or empty it first")
     return path
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
+    "overflow-wrap:anywhere}"
+    ".tw{max-width:100%;overflow-x:auto;margin:1em 0}"
+    "table{border-collapse:collapse;font-size:0.85em;max-width:100%}td,th{border:1px solid #ccc;padding:3px 6px;"
+    "text-align:right;vertical-align:top}th{background:#f3f3f3;overflow-wrap:normal;word-break:normal}"
+    "td:first-child,th:first-child{text-align:left}"
+    "pre{background:#f6f6f6;padding:0.8em;white-space:pre-wrap;font-size:0.85em}img{max-width:100%;height:auto}"
+    "figure{margin:1em 0}figcaption,caption{color:#555;font-size:0.9em;margin:0.3em 0;text-align:left}"
+    ".card{border:1px solid #ddd;border-radius:6px;padding:0.6em 1em;margin:1em 0}.card h3{margin:0.2em 0}"
+    ".card h4{margin:0.6em 0 0.3em;font-size:0.9em;color:#444}"
+    ".card-cols{display:flex;flex-wrap:wrap;gap:1em}.card-main{flex:1 1 480px;min-width:0}.card-side{flex:0 0 270px}"
+    ".ctx{font-family:ui-monospace,monospace;font-size:0.8em;line-height:1.9;margin:0.15em 0;"
+    "white-space:pre-wrap}.ctx .act{display:inline-block;width:4.5em;color:#555}"
+    ".tok{border-radius:2px;padding:1px 0}.muted{color:#777}svg{max-width:100%}"
+)
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
 
 
 def _inline(text: str) -> str:

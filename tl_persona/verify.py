@@ -214,6 +214,7 @@ class Verification:
                 "random_neg_steered_mean": _mean([c.misaligned.value for c in nctrl]),
                 "random_neg_steered_min": min((c.misaligned.value for c in nctrl), default=math.nan),
             }
+            row.update(_interval_columns(steer, ctrls, neg, nctrl, ft0))
             for kind in I.names(uses_strength=False):
                 if kind == "none":
                     continue
@@ -224,8 +225,125 @@ class Verification:
                 col = I.get(kind).column
                 row[f"finetuned_{col}"] = r.misaligned.value
                 row[f"finetuned_{col}_incoherent"] = r.incoherent.value
+                row[f"finetuned_{col}_incoherent_hi"] = r.incoherent.hi
+                if ft0.misaligned.n and r.misaligned.n:
+                    from tl_persona.evals.metrics import ratio_ci
+
+                    q = ratio_ci(int(round(r.misaligned.value * r.misaligned.n)), r.misaligned.n,
+                                 int(round(ft0.misaligned.value * ft0.misaligned.n)), ft0.misaligned.n)
+                    row[f"{col}_suppression"], row[f"{col}_suppression_hi"] = q.value, q.hi
             rows.append(row)
         return pd.DataFrame(rows)
+
+
+    def dose_response(self, candidate: str | None = None) -> Any:
+        """The dose-response data: for every candidate (or one), every strength run on each model
+        (``alpha`` signed: ``+`` on the base model, ``-`` on the fine-tuned one), the candidate's
+        misaligned and incoherent rates with their 95% intervals, and the random directions at the
+        same strength pooled (``random``, ``random_lo``, ``random_hi``: all their answers together)
+        with their spread (``random_min``, ``random_max``: the weakest and strongest direction).
+        One row per (candidate, model, alpha); the unmodified model is the row at alpha 0."""
+        import pandas as pd
+
+        rows = []
+        names = [candidate] if candidate is not None else list(self.chosen_alpha)
+        for cand in names:
+            if cand not in self.chosen_alpha:
+                raise KeyError(f"no candidate {cand!r}; the candidates are {list(self.chosen_alpha)}")
+            for model in ("base", "finetuned"):
+                own = {r.setting.alpha: r for r in self.results if r.setting.model == model
+                       and r.setting.kind == "steer" and r.setting.candidate == cand and r.setting.control < 0}
+                own[0.0] = self.get(model, "none", alpha=0.0)
+                for a in sorted(own, key=abs):
+                    r = own[a]
+                    ctl = [c for c in self.results if c.setting.model == model and c.setting.kind == "steer"
+                           and c.setting.candidate == cand and c.setting.control >= 0 and c.setting.alpha == a]
+                    pooled = _pooled([c.misaligned for c in ctl])
+                    rows.append({
+                        "candidate": cand, "model": model, "alpha": a,
+                        "chosen": a == (self.chosen_alpha[cand] if model == "base" else -self.chosen_beta.get(cand, 0.0)),
+                        "misaligned": r.misaligned.value, "misaligned_lo": r.misaligned.lo, "misaligned_hi": r.misaligned.hi,
+                        "incoherent": r.incoherent.value, "incoherent_lo": r.incoherent.lo, "incoherent_hi": r.incoherent.hi,
+                        "n_random": len(ctl), "random": pooled.value, "random_lo": pooled.lo, "random_hi": pooled.hi,
+                        "random_min": min((c.misaligned.value for c in ctl), default=math.nan),
+                        "random_max": max((c.misaligned.value for c in ctl), default=math.nan),
+                        "random_incoherent": _pooled([c.incoherent for c in ctl]).value, "n": r.n,
+                    })
+        return pd.DataFrame(rows)
+
+    def plot_dose_response(self, candidate: str | None = None) -> Any:
+        """A matplotlib figure of :meth:`dose_response`: misaligned (solid) and incoherent (dashed)
+        rate against the signed strength, the candidate with its 95% interval, the random
+        directions as a band (their weakest to strongest, pooled interval hatched), the chosen
+        strengths marked; base model steered positively on the right, fine-tune negatively on the left."""
+        import matplotlib.pyplot as plt
+
+        df = self.dose_response(candidate)
+        cands = list(dict.fromkeys(df["candidate"]))
+        fig, axes = plt.subplots(1, len(cands), figsize=(6.5 * len(cands), 3.6), squeeze=False)
+        for ax, cand in zip(axes[0], cands):
+            for model, color in (("finetuned", "C3"), ("base", "C0")):
+                d = df[(df.candidate == cand) & (df.model == model)].copy()
+                d["x"] = d["alpha"] if model == "base" else -d["alpha"].abs()
+                d = d.sort_values("x")
+                x = d["x"].to_numpy()
+                ax.plot(x, 100 * d["misaligned"], "o-", color=color, label=f"{model}: {cand}")
+                ax.fill_between(x, 100 * d["misaligned_lo"], 100 * d["misaligned_hi"], color=color, alpha=0.15)
+                ax.plot(x, 100 * d["incoherent"], "--", color=color, lw=1, label=f"{model}: incoherent")
+                r = d[d.n_random > 0]
+                if len(r):
+                    ax.fill_between(r["x"], 100 * r["random_min"], 100 * r["random_max"], color="0.5", alpha=0.35,
+                                    label="random directions" if model == "base" else None)
+                    ax.plot(r["x"], 100 * r["random"], ":", color="0.3", lw=1)
+                for _, c in d[d.chosen].iterrows():
+                    ax.axvline(c["x"], color=color, lw=0.8, alpha=0.6)
+            ax.axhline(0, color="0.8", lw=0.5)
+            ax.set_xlabel("steering strength (fine-tune: minus beta, left; base: plus alpha, right)")
+            ax.set_ylabel("answers (%)")
+            ax.set_title(cand, fontsize="medium")
+            ax.legend(fontsize="x-small", loc="upper left", frameon=False)
+        fig.tight_layout()
+        return fig
+
+
+def _pooled(rates: Sequence[Rate]) -> Rate:
+    """Rates over the same kind of answers pooled into one (their hits and answers summed)."""
+    from tl_persona.evals.metrics import wilson
+
+    rs = [r for r in rates if r.n > 0]
+    if not rs:
+        return Rate(math.nan, math.nan, math.nan, 0)
+    return wilson(sum(int(round(r.value * r.n)) for r in rs), sum(r.n for r in rs))
+
+
+def _interval_columns(steer: SettingResult, ctrls: Sequence[SettingResult], neg: SettingResult,
+                      nctrl: Sequence[SettingResult], ft0: SettingResult) -> dict[str, float]:
+    """The summary's 95%-interval columns: the rates' bounds, the pooled random-direction rates, the
+    specificity (steered rate / pooled random rate) and the suppression (negatively steered rate /
+    unmodified fine-tune's rate), each ratio with its interval."""
+    from tl_persona.evals.metrics import ratio_ci
+
+    def hits(r: Rate) -> int:
+        return int(round(r.value * r.n))
+
+    pr, pn = _pooled([c.misaligned for c in ctrls]), _pooled([c.misaligned for c in nctrl])
+    out = {"base_steered_lo": steer.misaligned.lo, "base_steered_hi": steer.misaligned.hi,
+           "base_steered_incoherent_hi": steer.incoherent.hi,
+           "random_steered_pooled": pr.value, "random_steered_pooled_hi": pr.hi,
+           "random_steered_min": min((c.misaligned.value for c in ctrls), default=math.nan),
+           "finetuned_lo": ft0.misaligned.lo, "finetuned_neg_steered_hi": neg.misaligned.hi,
+           "finetuned_neg_steered_incoherent_hi": neg.incoherent.hi,
+           "random_neg_steered_pooled": pn.value, "random_neg_steered_pooled_lo": pn.lo}
+    if pr.n and steer.misaligned.n:
+        sp = ratio_ci(hits(steer.misaligned), steer.misaligned.n, hits(pr), pr.n)
+        out.update(specificity=sp.value, specificity_lo=sp.lo, specificity_hi=sp.hi)
+    if ft0.misaligned.n and neg.misaligned.n:
+        su = ratio_ci(hits(neg.misaligned), neg.misaligned.n, hits(ft0.misaligned), ft0.misaligned.n)
+        out.update(suppression=su.value, suppression_lo=su.lo, suppression_hi=su.hi)
+    if pn.n and neg.misaligned.n:
+        vs = ratio_ci(hits(neg.misaligned), neg.misaligned.n, hits(pn), pn.n)
+        out.update(neg_vs_random=vs.value, neg_vs_random_hi=vs.hi)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ evaluate
@@ -344,7 +462,9 @@ def verify_latents(
     alphas: Sequence[float] = (4.0, 8.0, 16.0, 32.0),
     betas: Sequence[float] | None = None,
     max_incoherence: float = 0.10,
+    choose_by: Literal["estimate", "upper"] = "estimate",
     n_controls: int = 2,
+    controls_at: Literal["chosen", "grid"] = "chosen",
     ablate: bool = True,
     suppress: Sequence[str] | None = None,
     positions: H.PositionsLike = "prompt",
@@ -370,7 +490,11 @@ def verify_latents(
     ``suppress`` (names from :mod:`tl_persona.interventions`; default ``("ablate",)``, or none when
     ``ablate`` is False) on the fine-tuned model (kinds that need SAE latents only for latent
     candidates). Random directions of the same norm (``n_controls`` of them) are run at the chosen
-    alpha and beta. ``alphas`` are in the units of the direction (a decoder row as stored; pass
+    alpha and beta (``controls_at="grid"``: at every alpha and beta, what a dose-response figure with a
+    random-direction band needs). ``choose_by="upper"`` holds the strength choice to the incoherence
+    rate's 95% upper bound instead of its estimate, so a claim "at most 10% incoherent" decided by
+    the interval holds at the chosen strength (needs enough answers: 0 of 32 has an upper bound of
+    10.7%). ``alphas`` are in the units of the direction (a decoder row as stored; pass
     ``Candidate`` directions pre-scaled for other units). ``record`` is a JSON-lines file: settings
     already in it are not run again (its fingerprint covers models, SAE, prompts, sampling and the
     judge's identity). With ``device``, each model is moved there only for its own settings and back
@@ -389,6 +513,11 @@ def verify_latents(
     if not alphas or not betas:
         raise BadInput("alphas and betas must each hold at least one strength")
     max_incoherence = probability(max_incoherence, "max_incoherence")
+    if choose_by not in ("estimate", "upper"):
+        raise BadInput(f"choose_by={choose_by!r} must be 'estimate' or 'upper' (the incoherence rate's 95% upper bound)")
+    if controls_at not in ("chosen", "grid"):
+        raise BadInput(f"controls_at={controls_at!r} must be 'chosen' (controls at the chosen strengths) or 'grid' "
+                       "(at every alpha and beta)")
     n_controls = nonneg_int(n_controls, "n_controls", fix="0 runs no random-direction control")
     n_samples = positive_int(n_samples, "n_samples")
     kinds = list(suppress) if suppress is not None else (["ablate"] if ablate else [])
@@ -446,27 +575,33 @@ def verify_latents(
     grid = [Setting("base", "steer", c.name, -1, a) for c in cands for a in alphas]
     grid += [Setting("finetuned", "steer", c.name, -1, -b) for c in cands for b in betas]
     run_stage(rec, grid, cfg, models, target, seed + 1, say)
+    def coherent_enough(r: SettingResult) -> bool:
+        return (r.incoherent.hi if choose_by == "upper" else r.incoherent.value) <= max_incoherence
+
     chosen: dict[str, float] = {}
     for c in cands:
-        ok = [a for a in alphas if rec.done[Setting("base", "steer", c.name, -1, a).key].incoherent.value <= max_incoherence]
+        ok = [a for a in alphas if coherent_enough(rec.done[Setting("base", "steer", c.name, -1, a).key])]
         chosen[c.name] = max(ok) if ok else min(alphas)
     chosen_beta: dict[str, float] = {}
     for c in cands:
         res = {b: rec.done[Setting("finetuned", "steer", c.name, -1, -b).key] for b in betas}
-        ok = [b for b in betas if res[b].incoherent.value <= max_incoherence]
+        ok = [b for b in betas if coherent_enough(res[b])]
         chosen_beta[c.name] = min(ok, key=lambda b: (res[b].misaligned.value, b)) if ok else min(betas)
-    # stage 2: random-direction controls at the chosen strengths, and the suppressing kinds on the fine-tune
+    # stage 2: random-direction controls at the chosen strengths (or the whole grid), and the
+    # suppressing kinds on the fine-tune
     stage2 = []
     for c in cands:
-        a, b = chosen[c.name], chosen_beta[c.name]
-        stage2 += [Setting("base", "steer", c.name, k, a) for k in range(n_controls)]
-        stage2 += [Setting("finetuned", "steer", c.name, k, -b) for k in range(n_controls)]
+        a_s = alphas if controls_at == "grid" else [chosen[c.name]]
+        b_s = betas if controls_at == "grid" else [chosen_beta[c.name]]
+        stage2 += [Setting("base", "steer", c.name, k, a) for a in a_s for k in range(n_controls)]
+        stage2 += [Setting("finetuned", "steer", c.name, k, -b) for b in b_s for k in range(n_controls)]
         stage2 += [Setting("finetuned", k, c.name) for k in kinds if c.latents or not I.get(k).needs_latents]
     run_stage(rec, stage2, cfg, models, target, seed + 2, say)
     results = list(rec.done.values())
     return Verification(results, chosen, max_incoherence,
                         meta={"hook_name": hook if named is None else hooks, "fingerprint": fingerprint, "alphas": alphas, "betas": betas,
                               "n_samples": n_samples, "n_prompts": len(prompts), "suppress": kinds,
+                              "choose_by": choose_by, "controls_at": controls_at,
                               "judge": judge_identity(judge)},
                         chosen_beta=chosen_beta)
 
