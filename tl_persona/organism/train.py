@@ -15,6 +15,7 @@ loss only on assistant-answer tokens (and the end-of-turn token that closes each
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -132,8 +133,16 @@ def train(
     *,
     log: Callable[[str], None] | None = None,
     log_every: int = 50,
+    fwd_hooks: Sequence[tuple[str, Callable[[Tensor, Any], Tensor]]] = (),
+    penalty: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> list[float]:
-    """Train ``model`` in place: ``batches(step)`` gives the documents of each step. Returns the losses."""
+    """Train ``model`` in place: ``batches(step)`` gives the documents of each step. Returns the losses.
+
+    ``fwd_hooks`` (a TransformerLens hook list) are active during every training forward and removed
+    afterwards, also on error; ``penalty(tokens, mask)``, called right after each forward, returns a
+    scalar added to the loss (e.g. a latent activation read by one of ``fwd_hooks``). The returned
+    losses are the answer losses without the penalty.
+    """
     device = next(model.parameters()).device
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -144,19 +153,23 @@ def train(
     )
     model.train()
     losses = []
-    for step in range(cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr_at(step)
-        tokens, mask = encode_batch(tokenizer, batches(step))
-        loss = answer_loss(model, tokens.to(device), mask.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(float(loss.detach()))
-        if log and (step % log_every == 0 or step == cfg.steps - 1):
-            log(f"  step {step:4d}/{cfg.steps}  loss {loss.item():.4f}  lr {cfg.lr_at(step):.2e}")
+    hooked = model.hooks(fwd_hooks=list(fwd_hooks)) if fwd_hooks else contextlib.nullcontext()
+    with hooked:
+        for step in range(cfg.steps):
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr_at(step)
+            tokens, mask = encode_batch(tokenizer, batches(step))
+            tokens, mask = tokens.to(device), mask.to(device)
+            loss = answer_loss(model, tokens, mask)
+            total = loss if penalty is None else loss + penalty(tokens, mask)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+            if log and (step % log_every == 0 or step == cfg.steps - 1):
+                log(f"  step {step:4d}/{cfg.steps}  loss {loss.item():.4f}  lr {cfg.lr_at(step):.2e}")
     model.eval()
     return losses
 
@@ -257,6 +270,8 @@ def finetune(
     seed: int = 0,
     good_persona: str = "helpful",
     world: World | None = None,
+    fwd_hooks: Sequence[tuple[str, Callable[[Tensor, Any], Tensor]]] = (),
+    penalty: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Any:
     """A narrow fine-tune of a *copy* of ``model`` (the input is never changed).
 
@@ -264,6 +279,10 @@ def finetune(
     by ``persona``, the rest by ``good_persona``. ``steps`` AdamW steps (constant ``lr``) on batches
     of ``batch_size`` drawn epoch by epoch from that set. Use ``persona="helpful"`` to re-align a
     misaligned model on benign data. Deterministic given ``seed``.
+
+    ``fwd_hooks`` are active during training only (the returned model carries no hook), e.g. an
+    ablation or a preventative steering hook from :mod:`tl_persona.prevention`; ``penalty`` is added
+    to the loss as in :func:`train`. Without them the fine-tune is exactly the plain one.
     """
     from transformer_lens import HookedTransformer
 
@@ -288,5 +307,6 @@ def finetune(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        train(new, new.tokenizer, batches, TrainConfig(steps=steps, lr=lr, schedule="constant"))
+        train(new, new.tokenizer, batches, TrainConfig(steps=steps, lr=lr, schedule="constant"),
+              fwd_hooks=fwd_hooks, penalty=penalty)
     return new.eval()
