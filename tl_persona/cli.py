@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller samples and sweeps (under a minute)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--seeds", type=int, nargs="+", default=[], metavar="N",
+                   help="with --domains: a robustness table, the pipeline per seed and fine-tune domain")
+    p.add_argument("--domains", nargs="+", default=[], metavar="DOMAIN",
+                   help="narrow fine-tune domains for the robustness table (e.g. code finance medical)")
 
     p = sub.add_parser("diff", help="rank SAE latents by their activation change between two models")
     _add_model_opts(p, "base", "finetuned")
@@ -323,7 +327,15 @@ def _pairs(items: Sequence[str], what: str) -> list[tuple[int, float]]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from tl_persona.demo import run_demo
 
-    result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    if bool(args.seeds) != bool(args.domains):
+        raise UsageError("--seeds and --domains go together (e.g. --seeds 0 1 2 --domains code finance medical)")
+    from tl_persona.organism import DOMAINS
+
+    bad = [d for d in args.domains if d not in DOMAINS]
+    if bad:
+        raise UsageError(f"--domains {bad[0]!r} is not a Persona World domain; choose from {', '.join(DOMAINS)}")
+    result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress,
+                      seeds=args.seeds, domains=args.domains)
     print(result.summary_text())
     print(f"\nreport: {result.out / 'report.html'}")
     return 0
