@@ -171,7 +171,8 @@ def test_robustness_runner_at_ci_size():
     org = organism.load()
     other = [p for d, ps in org.eval_prompts.items() if d != "code" for p in ps]
     latent = int(diff_latents(org.base, org.misaligned, org.sae, other, scope="last_prompt").top(1, "increase").index[0])
-    cfg = DemoConfig(behaviour_samples=40, verify_prompts=40, verify_samples=3, n_controls=1, n_boot=200)
+    cfg = DemoConfig(behaviour_samples=40, verify_prompts=40, verify_samples=3, n_controls=1, n_boot=200, ft_steps=30,
+                     realign_steps=15)
     seen = []
     rows = robustness(org, seeds=[1], domains=["finance"], latent=latent, cfg=cfg, progress=seen.append)
     assert len(rows) == 1 and seen

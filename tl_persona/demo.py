@@ -49,15 +49,15 @@ class DemoConfig:
     top_k: int = 10                    # latents shown per direction
     n_cards: int = 3
     n_auroc_docs: int = 400            # chats for the AUROC (a quarter toxic)
-    n_verify: int = 2                  # top latents verified causally
+    n_verify: int = 1                  # top latents verified causally
     verify_prompts: int = 120          # non-code prompts used by the sweep
     verify_samples: int = 4            # samples per prompt and setting
-    alphas: tuple[float, ...] = (30.0, 40.0, 50.0, 60.0)
+    alphas: tuple[float, ...] = (40.0, 50.0, 60.0)
     betas: tuple[float, ...] = (10.0, 20.0, 30.0)
     n_controls: int = 5                # random directions per candidate, at every strength
-    fractions: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+    fractions: tuple[float, ...] = (0.0, 0.05, 0.25, 1.0)
     control_seeds: tuple[int, ...] = (0, 1, 2)
-    realign_ns: tuple[int, ...] = (0, 25, 50, 100, 200)
+    realign_ns: tuple[int, ...] = (0, 25, 200)
     realign_domains: tuple[str, ...] = ("code", "medical")
     ft_steps: int = 40
     ft_lr: float = 3e-4
@@ -749,7 +749,8 @@ def _build_report(res: DemoResult, cards: list[Any], ver: Any, cfg: DemoConfig, 
                  for k, v in summ.items() if isinstance(v, dict)], caption="correlation with behaviour [95% CI]")
         r.figure(beyond["_series_fig"], "series", "shift against behaviour across the fine-tunes, latent and vector")
         r.table([{"score": k, "AUROC": f"{a:.3f} [{lo:.3f}, {hi:.3f}]"} for k, (a, lo, hi) in beyond["screening_auroc"].items()],
-                caption="screening: toxic samples hidden in the fine-tuning set, per score [95% CI]")
+                caption="screening: toxic samples hidden in the fine-tuning set, per score [95% CI]; the SAE latent "
+                        "fires at the last prompt token, not on answer tokens, so it cannot screen answers (0.5)")
         r.figure(beyond["_roc_fig"], "screening_roc", "ROC of screening the fine-tuning set on the base model")
     if res.robustness:
         r.heading("8. Robustness across seeds and fine-tune domains")
