@@ -120,7 +120,7 @@ def test_run_writes_a_full_report_and_a_rerun_recomputes_nothing(rehearsal, tmp_
                   "state.json", "judge_cache.sqlite", "config.json"):
             assert (tmp_path / "out" / f).exists(), f
         claims = json.loads((tmp_path / "out" / "verification.json").read_text())["claims"]
-        assert len(claims) == 4 and all(isinstance(c["met"], bool) for c in claims)
+        assert len(claims) == 5 and all(isinstance(c["met"], bool) for c in claims)
         before = {f: (tmp_path / "out" / f).stat().st_mtime_ns for f in ("diff.safetensors", "cards.md", "verification.csv")}
         assert main(["run", str(cfg)]) == 0
         out = capsys.readouterr().out
@@ -174,3 +174,25 @@ def test_docs_config_reference_is_generated_from_the_schema():
     text = (Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "your-models.md").read_text()
     table = text.split("<!-- schema:start -->\n", 1)[1].split("\n<!-- schema:end -->", 1)[0]
     assert table == schema_markdown(), "regenerate the table: python -c 'from tl_persona.run import schema_markdown; print(schema_markdown())'"
+
+
+def test_run_claims_hold_negative_steering_to_coherence_and_report_the_controls():
+    """Suppression bought with 28% incoherent answers is not a met claim; the random controls are a row."""
+    from tl_persona.evals.metrics import wilson
+    from tl_persona.run import run_claims
+    from tl_persona.verify import Setting, SettingResult, Verification
+
+    def res(model, kind, cand="", control=-1, alpha=0.0, hits=0, inc=0, n=400):
+        return SettingResult(Setting(model, kind, cand, control, alpha), wilson(hits, n), wilson(hits, n),
+                             wilson(inc, n), {}, n)
+
+    c = "latent 7"
+    results = [res("base", "none", hits=2), res("finetuned", "none", hits=120),
+               res("base", "steer", c, alpha=8.0, hits=200, inc=8), res("finetuned", "steer", c, alpha=-8.0, hits=4, inc=112),
+               res("base", "steer", c, 0, 8.0, hits=4), res("base", "steer", c, 1, 8.0, hits=8)]
+    ver = Verification(results, {c: 8.0}, 0.10, chosen_beta={c: 8.0})
+    rows = {r["claim"].split(",")[0]: r for r in run_claims(ver, 0.10)}
+    neg = rows["negative steering suppresses the fine-tune's misalignment"]
+    assert not neg["met"] and "incoherent 28.0%" in neg["measured"]
+    ctl = rows["random directions of the same norm (the controls"]
+    assert ctl["met"] and "1.5%" in ctl["measured"] and "over 2 directions" in ctl["measured"]
