@@ -293,3 +293,51 @@ def test_different_lengths_share_batches_and_near_context_prompts(model):
 
 def _m(c):
     return [{"role": "user", "content": c}] if isinstance(c, str) else c
+
+
+# ------------------------------------------------------------------ per-answer random streams (seeds=)
+def test_seeded_answers_do_not_depend_on_the_batch(hooked_model):
+    """With seeds=, an answer is a function of its own seed: the same under any batch size, any
+    order of the conversations, and with other conversations in or out of its batch."""
+    convs = [[{"role": "user", "content": " ".join(f"w{j}" for j in range(i, i + 1 + i % 5))}] for i in range(1, 10)]
+    seeds = [1000 + 7 * k for k in range(len(convs) * 2)]
+    kw = dict(n_per_prompt=2, max_new_tokens=5, temperature=1.0)
+    a = sample(hooked_model, convs, seeds=seeds, batch_size=18, **kw)
+    assert a == sample(hooked_model, convs, seeds=seeds, batch_size=4, **kw)
+    order = list(range(len(convs)))[::-1]
+    r = sample(hooked_model, [convs[i] for i in order], seeds=[seeds[2 * i + j] for i in order for j in (0, 1)],
+               batch_size=5, **kw)
+    assert [r[2 * p + j] for i in range(len(convs)) for p in [order.index(i)] for j in (0, 1)] == a
+    part = sample(hooked_model, convs[2:5], seeds=seeds[4:10], batch_size=18, **kw)
+    assert part == a[4:10]
+    assert len(set(a)) > 3  # really sampled
+    assert _hooked_ids(hooked_model) == set()
+
+
+def test_seeded_sampler_draws_the_softmax_distribution():
+    """The Gumbel-max sampler behind seeds= samples exactly softmax(logits / T), filtered like
+    TransformerLens' sample_logits (top-k, top-p)."""
+    from tl_persona.evals.generate import _GumbelSampler
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, generator=g) * 2
+    n = 20000
+    for temperature in (1.0, 0.5):
+        s = _GumbelSampler(range(n), torch.device("cpu"), temperature, 1.0, None)
+        got = s(logits.expand(n, 1, 40).clone(), None)[:, -1].argmax(-1)
+        freq = torch.bincount(got, minlength=40).double() / n
+        torch.testing.assert_close(freq, (logits.double() / temperature).softmax(-1), atol=0.015, rtol=0)
+    top5 = set(logits.topk(5).indices.tolist())
+    got = _GumbelSampler(range(2000), torch.device("cpu"), 1.0, 1.0, 5)(logits.expand(2000, 1, 40).clone(), None)
+    assert set(got[:, -1].argmax(-1).tolist()) <= top5
+    srt = logits.softmax(-1).sort(descending=True)
+    keep = int((srt.values.cumsum(-1) <= 0.5).sum()) + 1  # TransformerLens keeps the token that crosses top_p
+    got = _GumbelSampler(range(2000), torch.device("cpu"), 1.0, 0.5, None)(logits.expand(2000, 1, 40).clone(), None)
+    assert set(got[:, -1].argmax(-1).tolist()) == set(srt.indices[:keep].tolist())
+
+
+def test_seeds_must_match_the_answers(hooked_model):
+    with pytest.raises(ValueError, match="one per answer"):
+        sample(hooked_model, ["w1 w2", "w3"], n_per_prompt=2, seeds=[1, 2, 3])
+    with pytest.raises(ValueError, match="list of integers"):
+        sample(hooked_model, ["w1 w2"], seeds=7)

@@ -71,7 +71,9 @@ def test_verify_finds_the_causal_latent_and_controls_stay_flat(setup, tmp_path):
     assert s.loc["latent 7", "base"] < 0.2
     assert s.loc["latent 7", "base_steered"] > 0.6
     assert s.loc["latent 7", "random_steered_max"] < 0.2
-    assert s.loc["latent 7", "finetuned"] > 0.6
+    # the planted fine-tune says w42 in about 70% of its answers (measured over 1600 of them); with 32
+    # answers per setting the rate is pinned as "clearly above the base model", not as a number
+    assert s.loc["latent 7", "finetuned"] > 0.5
     assert s.loc["latent 7", "finetuned_neg_steered"] < 0.1
     assert s.loc["latent 3", "base_steered"] < 0.2
     table = v.table()
@@ -130,3 +132,83 @@ def test_verify_errors(setup, tmp_path):
     rec.write_text(json.dumps({"fingerprint": "other", "result": {}}) + "\n")
     with pytest.raises(ValueError, match="other settings"):
         verify_latents(base, ft, sae, [7], prompts, TokenJudge(), record=rec, alphas=(1.0,), n_samples=1, max_new_tokens=2)
+
+
+# ------------------------------------------------------------------ per-setting seeds, sweeps across ranks
+_SWEEP = dict(alphas=(2.0, 100.0), n_samples=2, max_new_tokens=3, n_controls=1, positions="all", n_boot=50, seed=3)
+
+
+def _rows(v, candidate):
+    t = v.table()
+    return t[t["candidate"].isin(["", candidate])].reset_index(drop=True)
+
+
+def test_a_setting_does_not_depend_on_the_settings_that_share_its_batches(setup):
+    """Each answer draws from a stream seeded by the stage seed, the setting and its prompt and
+    sample index: dropping a candidate (other rows in the batches), another batch size or a resumed
+    sweep leave every remaining setting's answers as they were."""
+    base, ft, sae, prompts = setup
+    both = verify_latents(base, ft, sae, [7, 3], prompts[:4], TokenJudge(), batch_size=64, **_SWEEP)
+    one = verify_latents(base, ft, sae, [7], prompts[:4], TokenJudge(), batch_size=5, **_SWEEP)
+    assert _rows(both, "latent 7").equals(_rows(one, "latent 7"))
+
+
+def _dist_sweep(base, ft, sae, prompts, record):
+    return verify_latents(base, ft, sae, [7, 3], prompts, TokenJudge(), record=record, batch_size=16, **_SWEEP)
+
+
+def _dist_worker(rank, world, init_file, out_dir):
+    import pickle
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from tl_persona import testing
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        out = Path(out_dir)
+        base, ft, sae, prompts = _setup(testing.word_tokenizer(folder=out / f"tok{rank}"))
+        v = _dist_sweep(base, ft, sae, prompts, out / "record.jsonl")  # rank 0 alone writes it
+        (out / f"table{rank}.pkl").write_bytes(pickle.dumps((v.table(), v.chosen_alpha, v.chosen_beta)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _setup(tokenizer):
+    base, ft, u = planted_pair(tokenizer)
+    sae = tiny_sae("standard", d_in=32, d_sae=64, hook_name="blocks.2.hook_resid_pre")
+    with torch.no_grad():
+        sae.W_dec[7] = u
+    prompts = [[{"role": "user", "content": f"w{i} w{i + 1} w{i + 2}"}] for i in range(1, 6)]
+    return base, ft, sae, prompts
+
+
+def test_two_process_gloo_sweep_equals_single_process(tmp_path, tiny_word_tokenizer):
+    """A sweep over 2 gloo ranks returns, on every rank, exactly the table of one process (settings
+    split round-robin, results gathered); only rank 0 writes the record, line for line the same."""
+    import pickle
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' kernels
+    try:
+        base, ft, sae, prompts = _setup(tiny_word_tokenizer)
+        single = _dist_sweep(base, ft, sae, prompts, tmp_path / "single.jsonl")
+    finally:
+        torch.set_num_threads(threads)
+    table = single.table()
+    assert len(table) == 2 + 4 + 4 + 2 * (1 + 1 + 1)
+    for rank in (0, 1):
+        t, alpha, beta = pickle.loads((tmp_path / f"table{rank}.pkl").read_bytes())
+        assert t.equals(table), rank
+        assert alpha == single.chosen_alpha and beta == single.chosen_beta
+    assert (tmp_path / "record.jsonl").read_text() == (tmp_path / "single.jsonl").read_text()
+    # the record the ranks wrote resumes a one-process sweep: nothing is run again
+    judge = TokenJudge()
+    again = verify_latents(base, ft, sae, [7, 3], prompts, judge, record=tmp_path / "record.jsonl",
+                           batch_size=16, **_SWEEP)
+    assert judge.calls == 0 and again.table().equals(table)

@@ -11,8 +11,16 @@ A latent whose activation moves between two models is only a candidate. Followin
 
 Every setting is judged by any :class:`~tl_persona.evals.judges.Judge`, and every rate carries a
 bootstrap confidence interval. Settings of one stage run batched in the same ``generate`` calls
-(one steering setting per batch row). The record on disk is resumable: a re-run skips settings
-already done.
+(one steering setting per batch row). Every answer draws from its own random stream, seeded from
+the stage's seed, the setting's key and the answer's prompt and sample index, so a setting's result
+does not depend on which other settings share its batches: a resumed sweep, a sweep of fewer
+candidates and a sweep split over ranks give each setting the same answers. The record on disk is
+resumable: a re-run skips settings already done.
+
+**Across ranks.** With an initialized ``torch.distributed`` process group, each stage's settings
+are split over the ranks (round-robin), each rank runs its share, and the results are gathered so
+that every rank returns the full :class:`Verification`, the same table as one process. Only rank 0
+reads and writes the record (the finished settings are broadcast to the other ranks).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from tl_persona.evals.metrics import Rate, summarize
 from tl_persona.models import Message, as_adapter
 from tl_persona.provenance import follow_umask, json_digest, model_identity, sae_identity
 from tl_persona.saes import check_sae, latent_direction, named_saes
+from tl_persona.stats import dist_info
 from tl_persona.validate import (
     BadInput,
     finite,
@@ -360,17 +369,19 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 64,
     n_boot: int = 1000,
+    seeds: Sequence[int] | None = None,
 ) -> tuple[dict[str, Rate], list[Judgement]]:
     """Sample answers under ``fwd_hooks`` and judge them: misaligned, incoherent and label rates.
 
     Returns the rates (keys ``misaligned``, ``misaligned_coherent``, ``incoherent``, ``label:<x>``,
     from :func:`tl_persona.evals.metrics.summarize`) and the judgements (prompt-major,
     ``n_samples`` per prompt). The judge's answers are checked (one :class:`Judgement` per answer).
+    ``seeds`` (one per answer) gives each answer its own random stream (see :func:`sample`).
     """
     check_judge(judge)
     answers = sample(
         model, list(prompts), n_per_prompt=n_samples, temperature=temperature, top_p=top_p,
-        max_new_tokens=max_new_tokens, seed=seed, fwd_hooks=fwd_hooks, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, seed=seed, fwd_hooks=fwd_hooks, batch_size=batch_size, seeds=seeds,
     )
     judgements = judge_all(judge, to_judge_items(list(prompts), answers, n_samples))
     return summarize(judgements, n_boot=n_boot, seed=seed), judgements
@@ -384,6 +395,39 @@ class _Record:
     (file and line) in a warning and its setting is run again. A record written by a sweep with
     other settings or another judge is refused.
     """
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def shared(cls, path: str | os.PathLike | None, fingerprint: str, rank: int, world: int) -> "_Record":
+        """The record of a sweep over ``world`` ranks: rank 0 reads (and later writes) the file and
+        broadcasts the finished settings; the other ranks keep them in memory only."""
+        if world <= 1:
+            return cls(path, fingerprint)
+        import torch.distributed as dist
+
+        msg: list[Any] = [None]
+        rec = None
+        if rank == 0:
+            try:
+                rec = cls(path, fingerprint)
+                msg[0] = ("ok", [r.to_json() for r in rec.done.values()])
+            except Exception as e:  # the other ranks raise too instead of waiting
+                msg[0] = ("error", f"{type(e).__name__}: {e}")
+                err = e
+        dist.broadcast_object_list(msg, src=0)
+        if rank == 0 and rec is None:
+            raise err
+        if msg[0][0] != "ok":
+            raise BadInput(f"verify_latents: rank 0 could not read the record: {msg[0][1]}")
+        if rec is None:
+            rec = cls(None, fingerprint)
+            for d in msg[0][1]:
+                r = SettingResult.from_json(d)
+                rec.done[r.setting.key] = r
+        rec.rank, rec.world = rank, world
+        return rec
 
     def __init__(self, path: str | os.PathLike | None, fingerprint: str) -> None:
         self.path = Path(path) if path is not None else None
@@ -479,6 +523,7 @@ def verify_latents(
     n_boot: int = 1000,
     progress: Callable[[str], None] | None = None,
     device: torch.device | str | None = None,
+    distributed: bool | None = None,
 ) -> Verification:
     """Verify candidate latents causally, with random-direction controls and confidence intervals.
 
@@ -498,7 +543,9 @@ def verify_latents(
     ``Candidate`` directions pre-scaled for other units). ``record`` is a JSON-lines file: settings
     already in it are not run again (its fingerprint covers models, SAE, prompts, sampling and the
     judge's identity). With ``device``, each model is moved there only for its own settings and back
-    afterwards (two models that do not fit on the device together).
+    afterwards (two models that do not fit on the device together). With an initialized
+    ``torch.distributed`` process group (unless ``distributed`` is False), the settings are split over
+    its ranks and every rank returns the full result; the record is written by rank 0.
     """
     if prompts is None or isinstance(prompts, (str, bytes)) or len(prompts) == 0:
         raise BadInput(f"prompts={prompts!r:.60}: verify_latents needs at least one prompt (a list of conversations)")
@@ -556,7 +603,8 @@ def verify_latents(
     fingerprint = _fingerprint(base, finetuned, list(saes.values()), prompts, n_samples, seed, max_new_tokens,
                                temperature, top_p, repr(positions) if not isinstance(positions, str) else positions,
                                judge_identity(judge))
-    rec = _Record(record, fingerprint)
+    rank, world = dist_info() if distributed is not False else (0, 1)
+    rec = _Record.shared(record, fingerprint, rank, world)
     say = progress or (lambda s: None)
     models = {"base": base, "finetuned": finetuned}
     by_name = {c.name: c for c in cands}
@@ -611,8 +659,52 @@ def run_stage(
     target: Callable[[Setting], I.Target], seed: int, say: Callable[[str], None],
 ) -> None:
     """Run the settings not yet in the record. Settings of kinds that batch (one setting per row) share
-    the same ``generate`` calls, per model; the others run one call each."""
+    the same ``generate`` calls, per model; the others run one call each. With ``world > 1`` this
+    rank runs every ``world``-th setting not yet done, and the results of all ranks are gathered
+    into ``rec`` (in the settings' order) on every rank."""
     todo = [s for s in settings if s.key not in rec.done]
+    if rec.world > 1:
+        _run_shared(rec, todo, cfg, models, target, seed, say)
+        return
+    _run_settings(todo, cfg, models, target, seed, say, rec.add)
+
+
+def _run_shared(rec: "_Record", todo: list[Setting], cfg: SweepConfig, models: Mapping[str, Any],
+                target: Callable[[Setting], I.Target], seed: int, say: Callable[[str], None]) -> None:
+    import torch.distributed as dist
+
+    got: list[SettingResult] = []
+    try:
+        _run_settings(todo[rec.rank::rec.world], cfg, models, target, seed, say, got.append)
+        mine: tuple[str, Any] = ("ok", [r.to_json() for r in got])
+    except Exception as e:  # tell the other ranks, so that none waits forever in the gather
+        mine = ("error", f"{type(e).__name__}: {e}")
+        err = e
+    every: list[Any] = [None] * rec.world
+    dist.all_gather_object(every, mine)
+    failed = [(r, m[1]) for r, m in enumerate(every) if m[0] != "ok"]
+    if failed:
+        if mine[0] != "ok":
+            raise err
+        raise RuntimeError("verify_latents: " + "; ".join(f"rank {r} failed: {msg}" for r, msg in failed))
+    done = {r.setting.key: r for m in every for r in map(SettingResult.from_json, m[1])}
+    for s in _run_order(todo, models):  # the order one process adds them in
+        rec.add(done[s.key])
+
+
+def _run_order(todo: Sequence[Setting], models: Mapping[str, Any]) -> list[Setting]:
+    """The order :func:`_run_settings` runs ``todo`` in: per model, the batched kinds, then the others."""
+    out = []
+    for model_name in models:
+        mine = [s for s in todo if s.model == model_name]
+        out += [s for s in mine if I.get(s.kind).batched is not None]
+        out += [s for s in mine if I.get(s.kind).batched is None]
+    return out
+
+
+def _run_settings(todo: Sequence[Setting], cfg: SweepConfig, models: Mapping[str, Any],
+                  target: Callable[[Setting], I.Target], seed: int, say: Callable[[str], None],
+                  add: Callable[[SettingResult], None]) -> None:
     for model_name, model in models.items():
         mine = [s for s in todo if s.model == model_name]
         if not mine:
@@ -621,16 +713,17 @@ def run_stage(
             rows = [s for s in mine if I.get(s.kind).batched is not None]
             if rows:
                 say(f"{model_name}: {len(rows)} steering settings x {len(cfg.prompts)} prompts x {cfg.n_samples} samples")
-                _run_batched(rec, rows, model, cfg, target, seed)
+                _run_batched(add, rows, model, cfg, target, seed)
             for s in (s for s in mine if I.get(s.kind).batched is None):
                 say(f"{model_name}: {s.kind} {s.candidate}")
                 kind = I.get(s.kind)
                 rates, js = evaluate(model, cfg.prompts, cfg.judge, fwd_hooks=kind.build(target(s), s.alpha),
-                                     seed=seed, **cfg.generation())
-                rec.add(_result(s, rates, js))
+                                     seed=seed, seeds=_row_seeds(s, len(cfg.prompts), cfg.n_samples, seed),
+                                     **cfg.generation())
+                add(_result(s, rates, js))
 
 
-def _run_batched(rec: _Record, settings: list[Setting], model: Any, cfg: SweepConfig,
+def _run_batched(add: Callable[[SettingResult], None], settings: list[Setting], model: Any, cfg: SweepConfig,
                  target: Callable[[Setting], I.Target], seed: int) -> None:
     """One row per (setting, prompt, sample), each row with its own direction and strength. Rows of
     every batchable kind share the calls: a kind's ``batched`` builder acts on its own rows only
@@ -654,10 +747,19 @@ def _run_batched(rec: _Record, settings: list[Setting], model: Any, cfg: SweepCo
                 out += I.get(kind).batched(hook, dirs[idx] * on[:, None], strengths[idx] * on, cfg.positions)  # type: ignore[misc]
         return out
 
-    _, js = evaluate(model, convs, cfg.judge, fwd_hooks=hooks_for, seed=seed, **cfg.generation())
+    seeds = [x for s in settings for x in _row_seeds(s, len(cfg.prompts), cfg.n_samples, seed)]
+    _, js = evaluate(model, convs, cfg.judge, fwd_hooks=hooks_for, seed=seed, seeds=seeds, **cfg.generation())
     for i, s in enumerate(settings):
         part = js[i * per_setting:(i + 1) * per_setting]
-        rec.add(_result(s, summarize(part, n_boot=cfg.n_boot, seed=seed), part))
+        add(_result(s, summarize(part, n_boot=cfg.n_boot, seed=seed), part))
+
+
+def _row_seeds(s: Setting, n_prompts: int, n_samples: int, seed: int) -> list[int]:
+    """One sampling seed per answer of setting ``s`` (prompt-major): a hash of the stage seed, the
+    setting's key and the answer's prompt and sample index, so the answer does not depend on the
+    other rows of its batch."""
+    base = int.from_bytes(hashlib.sha256(f"{seed}|{s.key}".encode()).digest()[:8], "little")
+    return [(base + 1_000_003 * p + j) % (2**63 - 1) for p in range(n_prompts) for j in range(n_samples)]
 
 
 def _result(s: Setting, rates: dict[str, Rate], js: Sequence[Judgement]) -> SettingResult:

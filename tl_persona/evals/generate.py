@@ -29,6 +29,14 @@ gets the exact mask (``attention_mask=``).
 Works with a ``HookedTransformer`` or a ``TransformerBridge``. Deterministic given ``seed`` (the
 global torch RNG is forked, so the caller's RNG state is left as it was); sampled (not greedy)
 answers depend on how the prompts are batched, since each step draws for all rows at once.
+
+**Per-row seeds.** With ``seeds=`` (one integer per answer), each answer draws from its own random
+stream instead: a generator seeded with its seed draws Gumbel noise over the vocabulary at each
+step, and the token is the argmax of the (temperature-scaled, top-k/top-p-filtered) logits plus
+that noise, which is an exact sample of the same distribution (the Gumbel-max trick). The answer
+then depends on its seed alone, not on which other prompts share its batch, on ``batch_size`` or on
+the order of the conversations (up to float rounding of the batched forward). The noise is applied
+by a hook on the logits (``unembed.hook_out``), the innermost hook, after any of the caller's.
 """
 
 from __future__ import annotations
@@ -91,6 +99,7 @@ def sample(
     batch_size: int = 64,
     stop_token_ids: Sequence[int] | None = None,
     padding: Literal["left", "none"] = "left",
+    seeds: Sequence[int] | None = None,
 ) -> list[str]:
     """Sample answers to chat conversations, under ``fwd_hooks``.
 
@@ -107,6 +116,10 @@ def sample(
     ``padding="left"`` (default) batches prompts of different lengths together, left-padded (see the
     module docstring: exact, and hooks see each row's own positions); ``padding="none"`` batches
     only prompts of equal length (never padded; for plain hooks that index absolute columns).
+
+    ``seeds`` (``len(conversations) * n_per_prompt`` integers, conversation-major like the output)
+    gives every answer its own random stream (see the module docstring): an answer's text then
+    does not depend on the other rows of its batch. Ignored for greedy decoding.
     """
     n_per_prompt = positive_int(n_per_prompt, "n_per_prompt")
     batch_size = positive_int(batch_size, "batch_size")
@@ -119,6 +132,14 @@ def sample(
         raise BadInput(f"conversations={conversations!r:.60} must be a list of conversations (or of strings)")
     if padding not in ("left", "none"):
         raise ValueError(f"padding={padding!r} must be 'left' or 'none'")
+    n_out = len(conversations) * n_per_prompt
+    if seeds is not None:
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, Tensor)):
+            raise BadInput(f"seeds={seeds!r:.60} must be a list of integers, one per answer")
+        seeds = [int(x) for x in (seeds.tolist() if isinstance(seeds, Tensor) else seeds)]
+        if len(seeds) != n_out:
+            raise BadInput(f"seeds has {len(seeds)} entries; need one per answer: {len(conversations)} conversations "
+                           f"x n_per_prompt={n_per_prompt} = {n_out}")
     if len(conversations) == 0:
         return []
     adapter = as_adapter(model)
@@ -149,6 +170,8 @@ def sample(
     out: list[str | None] = [None] * len(jobs)
 
     device = adapter.device
+    own_streams = seeds is not None and temperature > 0
+    logits_hook = _logits_hook_name(adapter) if own_streams else ""
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), torch.no_grad():
         torch.manual_seed(seed)
@@ -171,13 +194,16 @@ def sample(
                 else:
                     kwargs["padding_side"] = "left"
                 batch_hooks = list(fwd_hooks(torch.tensor(chunk))) if per_batch else []  # type: ignore[operator]
+                if own_streams:
+                    batch_hooks.append((logits_hook, _GumbelSampler(
+                        [seeds[k] for k in chunk], device, temperature, top_p, top_k)))  # type: ignore[index]
                 with adapter.model.hooks(fwd_hooks=batch_hooks), Positions.left_padded(pads):
                     gen = adapter.model.generate(
                         toks,
                         max_new_tokens=new_tokens[jobs[chunk[0]][0]],
                         stop_at_eos=True,
                         eos_token_id=stops if len(stops) > 1 else stops[0],
-                        do_sample=temperature > 0,
+                        do_sample=temperature > 0 and not own_streams,
                         temperature=temperature if temperature > 0 else 1.0,
                         top_p=top_p if top_p < 1.0 else None,
                         top_k=top_k,
@@ -190,6 +216,51 @@ def sample(
                     cut = next((p for p, t in enumerate(seq) if t in stops), len(seq))
                     out[k] = tok.decode(seq[:cut], skip_special_tokens=True).strip()
     return [s if s is not None else "" for s in out]
+
+
+def _logits_hook_name(adapter: Any) -> str:
+    """The hook point whose output is the logits (``unembed.hook_out`` on both model kinds)."""
+    names = set(getattr(adapter.model, "hook_dict", {}) or {})
+    for name in ("unembed.hook_out", "hook_logits"):
+        if name in names:
+            return name
+    raise BadInput("seeds= needs a hook point on the model's logits (unembed.hook_out), and this model has none; "
+                   "pass seeds=None to sample with one stream per batch")
+
+
+class _GumbelSampler:
+    """A logits hook that samples each row from its own generator (Gumbel-max): at each forward it
+    replaces the last position's logits by a one-hot (0 at the drawn token, -inf elsewhere), so
+    ``generate``'s greedy argmax takes the sampled token. Filtering follows TransformerLens'
+    ``sample_logits`` (temperature, then top-k, else top-p)."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device, temperature: float,
+                 top_p: float, top_k: int | None) -> None:
+        self.gens = [torch.Generator(device=device).manual_seed(int(s) % (2**63 - 1)) for s in seeds]
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+
+    def __call__(self, logits: Tensor, hook: Any) -> Tensor:
+        last = logits[:, -1, :].float() / self.temperature
+        if self.top_k is not None:
+            k = min(self.top_k, last.shape[-1])
+            kth = last.topk(k, dim=-1).values[..., -1:]
+            last = last.masked_fill(last < kth, -float("inf"))
+        elif self.top_p < 1.0:
+            srt, idx = torch.sort(last, descending=True)
+            drop = srt.softmax(dim=-1).cumsum(dim=-1) > self.top_p
+            drop[..., 1:] = drop[..., :-1].clone()
+            drop[..., 0] = False
+            last = last.masked_fill(drop.scatter(-1, idx, drop), -float("inf"))
+        if last.shape[0] != len(self.gens):
+            raise RuntimeError(f"logits of {last.shape[0]} rows for {len(self.gens)} seeded rows")
+        tiny = torch.finfo(torch.float32).tiny
+        noise = torch.stack([torch.rand(last.shape[-1], generator=g, device=last.device, dtype=torch.float32)
+                             for g in self.gens])
+        choice = (last - torch.log(-torch.log(noise.clamp_min(tiny)))).argmax(dim=-1)
+        out = logits.clone()
+        out[:, -1, :] = -float("inf")
+        out[torch.arange(out.shape[0], device=out.device), -1, choice] = 0.0
+        return out
 
 
 def _left_pad_reads_back(adapter: Any, row: Sequence[int], pad_id: int) -> bool:
