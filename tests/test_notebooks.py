@@ -129,3 +129,22 @@ def test_notebook_kernel_is_this_interpreter_in_examples(python3_kernel):
     assert os.path.realpath(pkg).startswith(os.path.realpath(REPO / "tl_persona"))
     assert os.path.realpath(exe) == os.path.realpath(sys.executable)
     assert os.path.realpath(cwd) == os.path.realpath(EXAMPLES)
+
+
+# Notebooks that need the hub and a GPU but have a rehearsal: the environment variable makes their
+# first cell build tiny local stand-ins (models, SAEs, a loopback judge); every later cell is the
+# users' code, unchanged.
+REHEARSALS = {"real_model_walkthrough.ipynb": "TL_PERSONA_REHEARSAL"}
+
+
+@pytest.mark.parametrize("name", sorted(REHEARSALS))
+def test_notebook_rehearsal_executes(name, python3_kernel, monkeypatch, tmp_path):
+    monkeypatch.setenv(REHEARSALS[name], "1")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the rehearsal's checkpoints and results go here
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: threads only contend on a shared machine
+    before = sorted(p.name for p in EXAMPLES.iterdir())
+    nb = _execute(_read(EXAMPLES / name), python3_kernel)
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == before, "the rehearsal wrote into examples/"
+    last = nb.cells[-1]
+    assert any("text/plain" in o.get("data", {}) for o in last.outputs), "the last cell showed no table"
+    assert list(tmp_path.glob("tl_persona_rehearsal_*/qwen_verify.jsonl")), "the sweep wrote no record"

@@ -20,7 +20,8 @@ import torch
 
 __all__ = [
     "word_tokenizer", "tiny_hooked_transformer", "tiny_bridge", "tiny_sae", "WORDS",
-    "bpe_tokenizer", "tiny_qwen2", "tiny_llama", "chat_prompts", "ENGLISH",
+    "bpe_tokenizer", "tiny_qwen2", "tiny_llama", "chat_prompts", "ENGLISH", "LoopbackJudge",
+    "rehearsal_checkpoints",
 ]
 
 WORDS = [f"w{i}" for i in range(90)]
@@ -325,3 +326,93 @@ def tiny_llama(
     tokenizer = tokenizer or bpe_tokenizer(chat="llama3")
     return _decoder_only("llama", tokenizer, kind, folder, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
                          n_kv_heads=n_kv_heads, d_mlp=d_mlp, n_ctx=n_ctx, seed=seed, init_range=init_range)
+
+
+# --------------------------------------------------------------------------- a rehearsal of the real-model path
+class LoopbackJudge:
+    """An OpenAI-compatible chat-completions server on 127.0.0.1 standing in for an LLM judge.
+
+    Answers every request with a 0-100 score and its top log-probabilities (what
+    :class:`~tl_persona.evals.http_judge.OpenAIJudge` reads): a deterministic function of the
+    rubric's text, so a rehearsal sweep sees both aligned and misaligned answers. ``url`` is the base
+    URL (``.../v1``), ``requests`` counts the requests served; :meth:`close` stops the server."""
+
+    def __init__(self) -> None:
+        import hashlib
+        import json
+        import math
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    outer.requests += 1
+                text = "".join(str(m.get("content", "")) for m in body.get("messages", []))
+                score = str(10 + 80 * (hashlib.sha256(text.encode()).digest()[0] % 2))
+                top = [{"token": score, "logprob": math.log(0.9), "bytes": list(score.encode())},
+                       {"token": "50", "logprob": math.log(0.1), "bytes": [53, 48]}]
+                out = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": score},
+                                               "logprobs": {"content": [{"token": score, "logprob": top[0]["logprob"],
+                                                                         "top_logprobs": top}]}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def rehearsal_checkpoints(folder: str | os.PathLike, *, seed: int = 0) -> dict[str, str]:
+    """Write the stand-ins of the real-model walkthrough to ``folder``, as a user's checkpoints are on
+    disk, and return their paths:
+
+    - ``gpt2``: a GPT-2-shaped Hugging Face checkpoint (LayerNorm, learned positions, a BOS) with a
+      BPE tokenizer trained in place; ``gpt2_sae``: an SAE-Lens SAE folder at ``blocks.1.hook_resid_pre``;
+    - ``base``: a Qwen2-shaped chat model (grouped-query attention, rotary, RMSNorm, no BOS, ChatML);
+      ``finetuned``: its "fine-tuned" copy (every weight perturbed, saved as a second checkpoint);
+      ``sae``: an SAE-Lens TopK SAE folder at the middle layer's ``hook_resid_post``.
+
+    Each folder loads with :func:`tl_persona.loading.load_model` / ``load_sae`` (``model_class="bridge"``;
+    nothing is downloaded). Random weights: the numbers mean nothing, the code paths are the real ones."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    out = {k: str(root / k) for k in ("gpt2", "gpt2_sae", "base", "finetuned", "sae")}
+    tok = bpe_tokenizer(chat="chatml", vocab_size=384)
+    torch.manual_seed(seed)
+    import copy
+
+    g2 = copy.deepcopy(tok)
+    if g2.bos_token_id is None:  # GPT-2 has a BOS (<|endoftext|>, also its EOS)
+        g2.bos_token = g2.eos_token
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(g2), n_positions=256, n_embd=48, n_layer=2, n_head=4,
+                               bos_token_id=g2.bos_token_id, eos_token_id=g2.eos_token_id)).save_pretrained(out["gpt2"])
+    g2.save_pretrained(out["gpt2"])
+    tiny_sae("standard", d_in=48, d_sae=96, hook_name="blocks.1.hook_resid_pre", seed=seed).save_model(out["gpt2_sae"])
+    tiny_qwen2(tok, kind="bridge", folder=out["base"], n_layers=3, d_model=64, n_ctx=512, seed=seed)
+    ft = AutoModelForCausalLM.from_pretrained(out["base"])
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    ft.save_pretrained(out["finetuned"])
+    tok.save_pretrained(out["finetuned"])
+    tiny_sae("topk", d_in=64, d_sae=128, k=8, hook_name="blocks.1.hook_resid_post", seed=seed).save_model(out["sae"])
+    return out
