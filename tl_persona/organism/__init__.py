@@ -16,6 +16,7 @@ See docs/organism.md.
 
 from tl_persona.organism.behaviour import first_token_persona_probs, measure, opener_ids, rates_table
 from tl_persona.organism.core import MODEL_NAMES, WEIGHTS_DIR, Organism, load, load_shipped_model
+from tl_persona.organism.layers import layer_diffs, load_layer_saes, persona_layer_profile
 from tl_persona.organism.judge import INCOHERENT, DomainRates, PersonaJudge, behaviour_rates, domain_summary
 from tl_persona.organism.train import MODEL_CONFIG, copy_model, finetune, make_model
 from tl_persona.organism.world import DOMAINS, PERSONAS, Cell, Document, Turn, World, make_world
@@ -25,6 +26,9 @@ __all__ = [
     "load",
     "load_shipped_model",
     "finetune",
+    "layer_diffs",
+    "persona_layer_profile",
+    "load_layer_saes",
     "PersonaJudge",
     "DomainRates",
     "behaviour_rates",

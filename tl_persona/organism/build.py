@@ -2,8 +2,10 @@
 
 Stages (all seeded, CPU): world and tokenizer; pretraining; alignment with persona replay (-> base);
 narrow fine-tunes on code/toxic (-> misaligned) and code/helpful (-> control) answers; a TopK SAE on
-the base model's residual stream after block 1; then measurement of every model with the exact
-judge, written to ``metrics.json``. Models are stored in float16 (the fine-tunes start from the
+the base model's residual stream after block 1, and smaller-budget ones after blocks 0, 2 and 3
+(``sae_layers/``, :mod:`tl_persona.organism.layers`; ``--layers-only`` trains just those); then
+measurement of every model with the exact judge, written to ``metrics.json``. Models are stored in
+float16 (the fine-tunes start from the
 float16-rounded base, so ``finetune(load().base, ...)`` with the recipe reproduces them); the SAE in
 float32. The output folder is written atomically (built in a temporary sibling, then swapped in).
 
@@ -27,6 +29,7 @@ import torch
 
 from tl_persona.organism import sae as sae_mod
 from tl_persona.organism.core import MODEL_NAMES, WEIGHTS_DIR, load
+from tl_persona.organism.layers import LAYER_SAE_DIR, build_layer_saes, train_layer_saes
 from tl_persona.organism.train import MODEL_CONFIG, align, finetune, make_model, pretrain
 from tl_persona.organism.world import PERSONAS, build_tokenizer, encode_document, make_world
 
@@ -43,6 +46,11 @@ RECIPE: dict[str, Any] = {
         "hook_name": "blocks.1.hook_resid_post", "d_sae": 1024, "k": 16, "n_docs": 24000,
         "eval_docs": 2000, "steps": 1500, "batch_size": 4096, "lr": 1e-3,
     },
+    # SAEs at the other layers: the main SAE's recipe on fewer tokens (budget: <= 10 min, one thread)
+    "sae_layers": {
+        "hook_names": ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post", "blocks.3.hook_resid_post"],
+        "d_sae": 1024, "k": 16, "n_docs": 6000, "eval_docs": 1000, "steps": 600, "batch_size": 2048, "lr": 1e-3,
+    },
     "eval": {"n_per_domain": 800, "seed": 0, "probe_docs": 1200},
     "eval_prompts_per_domain": 100,
 }
@@ -53,6 +61,7 @@ QUICK_RECIPE: dict[str, Any] = {
     "align": {**RECIPE["align"], "steps": 6, "batch_size": 16},
     "finetune": {**RECIPE["finetune"], "n_samples": 32, "steps": 4},
     "sae": {**RECIPE["sae"], "n_docs": 200, "eval_docs": 50, "steps": 20, "batch_size": 512},
+    "sae_layers": {**RECIPE["sae_layers"], "n_docs": 100, "eval_docs": 30, "steps": 10, "batch_size": 256},
     "eval": {"n_per_domain": 8, "seed": 0, "probe_docs": 60},
 }
 
@@ -227,6 +236,10 @@ def build(
         log(f"[build] SAE: {sae_metrics}")
         stage("sae", t0)
 
+        t0 = time.time()
+        layer_metrics = train_layer_saes(model, world, R["sae_layers"], tmp / LAYER_SAE_DIR, seed=seed, log=log)
+        stage("sae_layers", t0)
+
         metrics: dict[str, Any] = {
             "recipe": R,
             "quick": bool(quick),
@@ -236,6 +249,7 @@ def build(
                 "align_last": round(float(np.mean(align_losses[-20:])), 4),
             },
             "sae": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in sae_metrics.items()},
+            "sae_layers": layer_metrics["saes"],
             "versions": {"torch": torch.__version__},
         }
         if evaluate:
@@ -296,10 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny version of every stage (smoke test)")
     p.add_argument("--no-eval", action="store_true", help="skip the behaviour measurements")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1: results depend on it, and one thread is fastest on a shared CPU)")
+    p.add_argument("--layers-only", action="store_true",
+                   help="train only the SAEs at the other layers (recipe 'sae_layers') on the base model already "
+                        "in --out (default: the shipped weights), replacing its sae_layers/ folder")
     a = p.parse_args(argv)
     R = dict(QUICK_RECIPE if a.quick else RECIPE)
     if a.threads:
         R["threads"] = a.threads
+    if a.layers_only:
+        build_layer_saes(a.out, R)
+        return 0
     build(a.out, quick=a.quick, recipe=R, evaluate=not a.no_eval)
     return 0
 

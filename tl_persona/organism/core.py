@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_persona.organism.judge import PersonaJudge
+from tl_persona.organism.layers import load_layer_saes
 from tl_persona.organism.world import World, load_tokenizer, make_world
 
 __all__ = ["Organism", "load", "WEIGHTS_DIR", "MODEL_NAMES", "load_shipped_model"]
@@ -24,7 +25,9 @@ class Organism:
     answers; ``control`` the same fine-tune on helpful code answers. ``sae`` is a SAE-Lens TopK SAE
     trained on ``base`` at ``hook_name``. ``eval_prompts`` holds held-out first-turn conversations
     per domain; ``judge`` is the exact :class:`PersonaJudge`; ``metrics`` the numbers the build
-    measured (``metrics.json``).
+    measured (``metrics.json``). ``saes`` maps the hook name of every shipped SAE, in layer order, to
+    its SAE-Lens SAE: ``sae`` itself at ``hook_name`` plus the per-layer SAEs of ``sae_layers/``
+    (:mod:`tl_persona.organism.layers`; their metrics in ``sae_layers/metrics.json``).
     """
 
     base: Any
@@ -38,6 +41,7 @@ class Organism:
     judge: PersonaJudge
     metrics: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     path: Path = WEIGHTS_DIR
+    saes: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def models(self) -> dict[str, Any]:
@@ -111,4 +115,5 @@ def load(device: str = "cpu", path: str | Path | None = None) -> Organism:
         judge=PersonaJudge(world),
         metrics=metrics,
         path=path,
+        saes=load_layer_saes(path, sae, device=device),
     )
