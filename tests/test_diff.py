@@ -196,7 +196,12 @@ def test_second_pass_when_the_pilot_misses_a_top_latent(hooked_model, monkeypatc
     ref = diff_latents(hooked_model, ft, sae, prompts, scope="all", batch_size=2, per_prompt_top=3)
     assert ref.meta["per_prompt_second_pass"] == 0
     monkeypatch.setattr(engine, "_PILOT_PROMPTS", 1)  # pilot = the first batch (2 prompts)
+    # the tracking budget alone holds every latent for 24 prompts: the tiny pilot misses nothing
+    d = diff_latents(hooked_model, ft, sae, prompts, scope="all", batch_size=2, per_prompt_top=3)
+    assert d.meta["per_prompt_second_pass"] == 0
+    torch.testing.assert_close(d.per_prompt.base_sums, ref.per_prompt.base_sums, rtol=1e-6, atol=1e-6)
     monkeypatch.setattr(engine, "_CANDIDATES", (1, 0))  # no slack: 3 candidates per direction
+    monkeypatch.setattr(engine, "_TRACK_ELEMENTS", 0)  # and no budget beyond them
     d = diff_latents(hooked_model, ft, sae, prompts, scope="all", batch_size=2, per_prompt_top=3)
     assert d.meta["per_prompt_second_pass"] > 0
     assert sorted(d.per_prompt.latents.tolist()) == sorted(ref.per_prompt.latents.tolist())

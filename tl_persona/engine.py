@@ -46,7 +46,13 @@ _CHUNK_ELEMENTS = 2**22
 _CHUNK_ELEMENTS_CUDA = 2**26
 _PILOT_PROMPTS = 64  # prompts in the pilot that picks the per-prompt candidates (at least one batch)
 _PILOT_ELEMENTS = 2**24  # and at most this many per-prompt values (prompts x features) per model
-_CANDIDATES = (8, 256)  # pilot candidates per direction: max(8 * top, top + 256)
+_CANDIDATES = (8, 256)  # pilot candidates per direction: at least max(8 * top, top + 256) ...
+# ... and as many more as this many per-prompt values allow (prompts x candidates, per model and
+# encoder; 32 MiB in float32). A 64-prompt pilot of a long run is noisy: at 1,449 prompts and 24,576
+# latents, 512 candidates per direction missed 8 of the final top 64 and forced the exact second
+# pass (a second forward over every prompt, doubling the run); the budget makes that rare, and
+# bounds the memory whatever the number of prompts (it narrows to the minimum as prompts grow).
+_TRACK_ELEMENTS = 2**23
 
 
 @runtime_checkable
@@ -238,10 +244,11 @@ def _select_top(delta: Tensor, k: int) -> list[int]:
     return sorted(out)
 
 
-def _candidates(pilot_delta: Tensor, top: int, F: int) -> Tensor:
+def _candidates(pilot_delta: Tensor, top: int, F: int, capacity: int) -> Tensor:
     """A generous superset of the final top changes, from the pilot: its own top, then the budget
-    filled with the latents the pilot saw change least, or never saw fire."""
-    n_cand = min(F, max(_CANDIDATES[0] * top, top + _CANDIDATES[1]))
+    filled with the latents the pilot saw change least, or never saw fire. ``capacity``: prompts
+    whose per-prompt values the candidates will hold (sets the budget, see ``_TRACK_ELEMENTS``)."""
+    n_cand = min(F, max(_CANDIDATES[0] * top, top + _CANDIDATES[1], _TRACK_ELEMENTS // (2 * max(capacity, 1))))
     chosen = _select_top(pilot_delta, n_cand)
     room = min(F, 2 * n_cand) - len(chosen)
     if room > 0:
@@ -346,7 +353,7 @@ def stream(
             glob = [stats[0][e], stats[1][e]]
             if world > 1:
                 glob = [copy.deepcopy(s).reduce_distributed() for s in glob]
-            cands.append(_candidates((glob[1].mean - glob[0].mean).cpu(), track_top, enc.n_features))
+            cands.append(_candidates((glob[1].mean - glob[0].mean).cpu(), track_top, enc.n_features, cap))
         # float32 storage: the candidate set is large, and its final top is copied out in float64
         trackers = [[PerPromptTracker(cands[e], capacity=cap, dtype=torch.float32) for e in range(E)] for _ in models]
         for k in range(K):
