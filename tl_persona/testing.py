@@ -58,14 +58,15 @@ def word_tokenizer(words: list[str] | None = None, folder: str | os.PathLike | N
 def tiny_hooked_transformer(
     tokenizer: Any = None, *, n_layers: int = 3, d_model: int = 32, seed: int = 0, n_ctx: int = 64
 ) -> Any:
-    """A random ``HookedTransformer`` (GPT-2-like: LayerNorm, learned positions) with the word tokenizer."""
+    """A random ``HookedTransformer`` (GPT-2-like: LayerNorm, learned positions) with the word tokenizer,
+    on the CPU (like the test SAEs) also on a machine with a GPU."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     tokenizer = tokenizer or word_tokenizer()
     cfg = HookedTransformerConfig(
         n_layers=n_layers, d_model=d_model, n_ctx=n_ctx, d_head=8, n_heads=d_model // 8, d_mlp=4 * d_model,
         d_vocab=len(tokenizer), act_fn="gelu", normalization_type="LN", seed=seed,
-        default_prepend_bos=True,
+        default_prepend_bos=True, device="cpu",  # TransformerLens would pick a GPU where there is one
     )
     model = HookedTransformer(cfg, tokenizer=tokenizer)
     return model.eval()
@@ -261,7 +262,7 @@ def _decoder_only(
             normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True, final_rms=True,
             rotary_base=10000, initializer_range=init_range, seed=seed, default_prepend_bos=bos is not None,
             original_architecture="Qwen2ForCausalLM" if arch == "qwen2" else "LlamaForCausalLM",
-            eps=1e-6,
+            eps=1e-6, device="cpu",
         )
         import copy
 

@@ -61,7 +61,8 @@ def make_model(tokenizer: Any, *, seed: int = 0, **overrides: Any) -> Any:
     """A freshly initialised Persona World ``HookedTransformer`` (4 layers, d_model 128, ~1M params)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    cfg = HookedTransformerConfig(**{**MODEL_CONFIG, **overrides, "d_vocab": len(tokenizer), "seed": seed})
+    # on the CPU, as the shipped weights were trained (TransformerLens would pick a GPU where there is one)
+    cfg = HookedTransformerConfig(**{"device": "cpu", **MODEL_CONFIG, **overrides, "d_vocab": len(tokenizer), "seed": seed})
     torch.manual_seed(seed)
     return HookedTransformer(cfg, tokenizer=tokenizer)
 
