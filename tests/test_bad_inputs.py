@@ -15,6 +15,7 @@ import stat
 import pytest
 import torch
 
+from tl_persona import attribution, prevention
 from tl_persona import hooks as H
 from tl_persona import saes as S
 from tl_persona import testing
@@ -128,6 +129,9 @@ def _latent_takers(model, sae):
         "inspection.top_activating": lambda x: top_activating(model, sae, x, PROMPTS),
         "inspection.logit_lens": lambda x: logit_lens(model, sae, x),
         "inspection.latent_card": lambda x: latent_card(model, sae, x, PROMPTS),
+        "prevention.ablate_latents": lambda x: prevention.ablate_latents(sae, x),
+        "prevention.latent_penalty": lambda x: prevention.latent_penalty(sae, x, 1.0),
+        "attribution.separation": lambda x: attribution.separation(torch.arange(8.0), x),
     }
 
 
@@ -148,12 +152,20 @@ def test_the_latent_takers_list_is_complete():
     import tl_persona.saes
 
     listed = {"ablate", "clamp", "steer_latent", "decoder_directions", "latent_direction", "check_latents",
-              "top_activating", "logit_lens", "latent_card"}
-    for mod in (tl_persona.hooks, tl_persona.saes, tl_persona.inspection):
+              "top_activating", "logit_lens", "latent_card", "ablate_latents", "latent_penalty", "separation",
+              "steering_strength"}  # steering_strength: checked below (it samples, so not in the loop above)
+    for mod in (tl_persona.hooks, tl_persona.saes, tl_persona.inspection, prevention, attribution):
         for name in getattr(mod, "__all__", []):
             fn = getattr(mod, name)
             if inspect.isfunction(fn) and {"latent", "latents"} & set(inspect.signature(fn).parameters):
                 assert name in listed, f"{mod.__name__}.{name} takes a latent but is not tested above"
+
+
+@pytest.mark.parametrize("bad", [True, 3.7, "3"], ids=repr)
+def test_steering_strength_refuses_a_bad_latent_before_sampling(bad, hooked_model):
+    sae = testing.tiny_sae("standard", hook_name=HOOK)
+    with pytest.raises(BadInput, match="not a latent index"):
+        attribution.steering_strength(hooked_model, sae, bad, PROMPTS, judge=None)
 
 
 # --------------------------------------------------------------------------- files

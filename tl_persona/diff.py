@@ -346,7 +346,8 @@ def _load_saved(path: str | os.PathLike, fmt: str) -> tuple[Path, dict[str, Any]
         raise BadInput(f"{str(path)!r} is a safetensors file but not a saved {fmt.split('.')[-1]} (no provenance header)")
     meta = json.loads(header[_META_KEY])
     if meta.get("format") != fmt or int(meta.get("version", 0)) > FORMAT_VERSION:
-        hint = {FORMAT: "LatentDiff.load", SET_FORMAT: "LatentDiffSet.load"}.get(meta.get("format"), "")
+        hint = {FORMAT: "LatentDiff.load", SET_FORMAT: "LatentDiffSet.load",
+                "tl_persona.Attribution": "tl_persona.attribution.Attribution.load"}.get(meta.get("format"), "")
         raise BadInput(
             f"{str(path)!r} holds format {meta.get('format')!r} v{meta.get('version')}; this reads {fmt} up to "
             f"v{FORMAT_VERSION}" + (f" (read it with {hint})" if hint else " (upgrade tl_persona)")
