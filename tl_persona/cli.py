@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--out", default="tl_persona_report")
     _add_vector_commands(sub)
+    _add_prevention_commands(sub)
     return ap
 
 
@@ -597,6 +598,94 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "diff": cmd_diff, "inspect": cmd_inspect, "generate": cmd_generate,
             "verify": cmd_verify, "report": cmd_report}
+
+
+# ------------------------------------------------------------------ prevent / attribute (Persona World)
+def _add_prevention_commands(sub: Any) -> None:
+    for name, help_ in (("prevent", "fine-tune the organism with each training-time prevention method and judge it"),
+                        ("attribute", "attribution vs activation-difference ranking of latents on organism fine-tunes")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--quick", action="store_true", help="CI size: one domain, one seed, fewer samples")
+        p.add_argument("--domains", default=None, help="comma-separated fine-tuned domains (default code,medical,finance)")
+        p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
+        p.add_argument("--steps", type=_positive_int, default=None, help="fine-tune steps (default 120; --quick 40)")
+        p.add_argument("--lr", type=float, default=None, help="fine-tune learning rate (default 1e-4; --quick 3e-4)")
+        p.add_argument("--out", default=f"tl_persona_{name}", help="report folder (replaced atomically)")
+        p.add_argument("--no-progress", action="store_true")
+        if name == "prevent":
+            p.add_argument("--methods", default=None, help="comma-separated methods (default: all, see docs)")
+            p.add_argument("--n-per-domain", type=_positive_int, default=None, help="sampled answers per domain and run")
+            p.add_argument("--attribution", action="store_true",
+                           help="also compare attribution and diff rankings on the plain fine-tunes")
+
+
+def _experiment_config(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from tl_persona.prevention import ExperimentConfig
+
+    cfg = ExperimentConfig.quick() if args.quick else ExperimentConfig()
+    if getattr(args, "command", "") == "attribute":
+        cfg = replace(cfg, methods=("none",))
+    changes: dict[str, Any] = {}
+    for opt in ("domains", "seeds", "methods"):
+        text = getattr(args, opt, None)
+        if text is not None:
+            items = [t.strip() for t in text.split(",") if t.strip()]
+            if opt == "seeds":
+                try:
+                    items = [int(t) for t in items]  # type: ignore[misc]
+                except ValueError:
+                    raise UsageError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
+            changes[opt] = tuple(items)
+    for opt in ("steps", "lr", "n_per_domain"):
+        if getattr(args, opt, None) is not None:
+            changes[opt] = getattr(args, opt)
+    return replace(cfg, **changes)
+
+
+def cmd_prevent(args: argparse.Namespace) -> int:
+    from tl_persona import organism
+    from tl_persona.attribution import attribution_comparison
+    from tl_persona.prevention import prevention_experiment, prevention_report
+    from tl_persona.report import check_report_folder
+
+    cfg = _experiment_config(args)  # validated before anything loads
+    check_report_folder(args.out)
+    say = (lambda s: None) if args.no_progress else (lambda s: print(s, file=sys.stderr, flush=True))
+    org = organism.load()
+    res = prevention_experiment(org, cfg, progress=say)
+    cmp = None
+    if args.command == "attribute" or getattr(args, "attribution", False):
+        cmp = attribution_comparison(org, res.models, toxic_latent=res.toxic_latent, progress=say)
+    rep = prevention_report(res, cmp) if args.command == "prevent" else _attribution_report(cmp)
+    if args.command == "prevent":
+        print(res.table(by_domain=False))
+    if cmp is not None:
+        from tl_persona.report import format_table
+
+        print(format_table(cmp.to_rows()))
+        print(format_table(cmp.steering_rows()))
+        print(format_table([cmp.summary()]))
+    out = rep.write(args.out)
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def _attribution_report(cmp: Any) -> Any:
+    from tl_persona.report import Report
+
+    r = Report("Attribution vs activation difference: Persona World")
+    r.text(f"Rank of the ground-truth toxic latent {cmp.toxic_latent} under each ranking, and the steering strength "
+           "of each ranking's top latent on the base model.")
+    r.table(cmp.to_rows(), caption="per plain fine-tune")
+    r.table(cmp.steering_rows(), caption="steering of every latent in either ranking's top k")
+    r.table([cmp.summary()], caption="summary")
+    r.data.update(cmp.to_json())
+    return r
+
+
+COMMANDS.update({"prevent": cmd_prevent, "attribute": cmd_prevent})
 
 
 # ------------------------------------------------------------------ screen / predict (persona vectors, #14)
