@@ -110,6 +110,32 @@ def test_docs_build_strict(site):
         assert html.is_file(), f"{page} was not rendered ({html} missing)"
 
 
+def test_every_docs_page_reads_in_a_browser(site, browser):
+    """Each page of the built site as a person sees it at 1280 px: nothing fetched from outside (the
+    site reads offline), every image shown, no page wider than the window, no table spilling out of
+    its scroll box, a clean console."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from conftest import look_at_page
+
+    problems = []
+    for page in _nav_pages(_config().get("nav", [])):
+        html = site / (page[: -len(".md")] + "/index.html" if page != "index.md" else "index.html")
+        seen = look_at_page(browser, html)
+        remote = [u for u in seen["resources"] if not u.startswith(("file:", "data:"))]
+        broken = [alt for alt, ok, w, _ in seen["images"] if not (ok and w > 0)]
+        spill = browser.execute_script(
+            "return [...document.querySelectorAll('article table')].filter(t => {"
+            "  const box = t.closest('.md-typeset__scrollwrap') || t.parentElement;"
+            "  return box.getBoundingClientRect().right > window.innerWidth; }).length")
+        for what, bad in (("fetches", remote), ("broken images", broken), ("console errors", seen["errors"]),
+                          ("tables out of the window", spill)):
+            if bad:
+                problems.append(f"{page}: {what}: {bad}")
+        if seen["scrollWidth"] > seen["innerWidth"]:
+            problems.append(f"{page}: {seen['scrollWidth']} px wide in a {seen['innerWidth']} px window")
+    assert not problems, problems
+
+
 def test_api_reference_renders_every_module_it_names(site):
     html = (site / "api" / "index.html").read_text()
     mods = _api_modules()
