@@ -212,25 +212,34 @@ def test_prevention_experiment_at_ci_size(org):
     assert "project_vectors" in res.table() and len(res.to_json()["runs"]) == 3
 
 
-def test_lora_recipe_trains_adapters_under_a_prevention_hook(tmp_path, tiny_word_tokenizer):
-    """The docs' real-model recipe on a tiny TransformerBridge: peft LoRA adapters on the bridge's
-    wrapped linear layers, trained with a projection hook active; only the adapters change."""
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_lora_recipe_trains_adapters_under_a_prevention_hook(arch, tmp_path, tiny_word_tokenizer):
+    """The docs' real-model recipe on tiny GPT-2- and Qwen2-shaped TransformerBridges: peft LoRA
+    adapters on the layers lora_targets finds, trained with a projection hook active; every adapter
+    is in the forward path (its B matrix moved off zero), only the adapters change, no hook stays."""
     pytest.importorskip("peft")
     from peft import LoraConfig, inject_adapter_in_model
 
-    from tl_persona.testing import tiny_bridge
+    from tl_persona.testing import bpe_tokenizer, tiny_bridge, tiny_qwen2
 
-    bridge = tiny_bridge(tmp_path / "gpt2", tiny_word_tokenizer)
-    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                       target_modules=r".*\.(qkv|o|in|out)\._original_component"), bridge)
+    if arch == "gpt2":
+        bridge = tiny_bridge(tmp_path / "gpt2", tiny_word_tokenizer)
+    else:
+        bridge = tiny_qwen2(bpe_tokenizer(chat="chatml"), kind="bridge", folder=tmp_path / "qwen2")
+    targets = P.lora_targets(bridge)
+    n_layers = bridge.cfg.n_layers
+    assert len(targets) >= 2 * n_layers and all(t.startswith("blocks.") for t in targets), targets
+    assert any("mlp" in t for t in targets) and any("attn" in t for t in targets), targets
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets), bridge)
     for n, p in bridge.named_parameters():
         p.requires_grad_("lora_" in n)
     frozen = {n: p.detach().clone() for n, p in bridge.named_parameters() if "lora_" not in n}
     params = [p for p in bridge.parameters() if p.requires_grad]
-    assert params
     opt = torch.optim.AdamW(params, lr=1e-2)
-    prev = P.project_out_directions("blocks.1.hook_resid_post", torch.randn(32, generator=torch.Generator().manual_seed(1)))
-    tokens = torch.randint(5, 40, (4, 10), generator=torch.Generator().manual_seed(2))
+    d_model = bridge.cfg.d_model
+    prev = P.project_out_directions("blocks.1.hook_resid_post", torch.randn(d_model, generator=torch.Generator().manual_seed(1)))
+    vocab = bridge.cfg.d_vocab
+    tokens = torch.randint(5, min(vocab, 40), (4, 10), generator=torch.Generator().manual_seed(2))
     losses = []
     with bridge.hooks(fwd_hooks=prev.fwd_hooks):
         for _ in range(5):
@@ -243,6 +252,14 @@ def test_lora_recipe_trains_adapters_under_a_prevention_hook(tmp_path, tiny_word
     assert prev.fwd_hooks[0][1].calls == 5 and losses[-1] < losses[0]
     assert H.hooks_attached(bridge) == []
     assert all(torch.equal(p, frozen[n]) for n, p in bridge.named_parameters() if "lora_" not in n)
+    lora_b = {n: p for n, p in bridge.named_parameters() if "lora_B" in n}
+    assert len(lora_b) == len(targets) and all(p.abs().sum() > 0 for p in lora_b.values())
+
+
+def test_lora_targets_refuses_a_hooked_transformer(setup):
+    model, sae, tokens, u = setup
+    with pytest.raises(BadInput, match="TransformerBridge"):
+        P.lora_targets(model)
 
 
 def test_cli_prevent_refuses_bad_options_before_loading(tmp_path, capsys):

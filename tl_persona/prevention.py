@@ -50,6 +50,7 @@ __all__ = [
     "preventative_steering",
     "latent_penalty",
     "random_direction_like",
+    "lora_targets",
     "ExperimentConfig",
     "PreventionResult",
     "prevention_experiment",
@@ -179,6 +180,43 @@ def random_direction_like(v: Float[Tensor, " d_model"], seed: int) -> Float[Tens
     g = torch.Generator().manual_seed(int(seed))
     r = torch.randn(v.shape, generator=g)
     return r / r.norm() * v.norm()
+
+
+def lora_targets(model: Any) -> list[str]:
+    """Names of the linear layers inside ``model``'s blocks that its forward pass runs: the
+    ``target_modules`` for peft's LoRA on a ``TransformerBridge``, whatever the architecture.
+
+    A bridge wraps each Hugging Face layer as ``..._original_component`` under names that differ by
+    architecture (GPT-2's ``attn.qkv`` / ``mlp.c_fc``, Qwen2's ``self_attn.q_proj`` /
+    ``mlp.gate_proj``, ...), and keeps some wrapped layers the forward does not use; an adapter on
+    one of those would train nothing. So this runs one two-token forward and keeps the layers that
+    ran. A ``HookedTransformer`` holds its weights as einsum parameters, not linear layers: it is
+    refused with what to use instead.
+    """
+    from torch import nn
+
+    try:
+        from transformers.pytorch_utils import Conv1D  # GPT-2's linear layer
+        kinds: tuple[type, ...] = (nn.Linear, Conv1D)
+    except ImportError:  # pragma: no cover - transformers is a dependency of transformer-lens
+        kinds = (nn.Linear,)
+    if not isinstance(model, nn.Module):
+        raise BadInput(f"model={type(model).__name__} is not a torch module; pass a TransformerBridge")
+    found = {n: m for n, m in model.named_modules() if isinstance(m, kinds) and n.startswith("blocks.")}
+    if not found:
+        raise BadInput(f"{type(model).__name__} has no linear layers in its blocks for LoRA adapters (a "
+                       "HookedTransformer keeps its weights as einsum parameters); boot the model as a "
+                       "TransformerBridge (TransformerBridge.boot_transformers) and train adapters on it")
+    ran: set[str] = set()
+    handles = [m.register_forward_hook(lambda mod, args, out, name=n: ran.add(name)) for n, m in found.items()]
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(1, 2, dtype=torch.long, device=device), return_type="logits")
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(ran)
 
 
 # --------------------------------------------------------------------------- the organism experiment
