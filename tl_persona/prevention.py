@@ -221,7 +221,7 @@ def lora_targets(model: Any) -> list[str]:
 
 # --------------------------------------------------------------------------- the organism experiment
 METHODS = ("none", "ablate_latent", "ablate_layers", "project_latents", "penalty", "steer_vector", "project_vectors",
-           "random_steer", "random_project")
+           "project_vectors_latents", "project_model_diff", "random_steer", "random_project")
 """The arms of :func:`prevention_experiment`:
 
 * ``none``: the plain fine-tune, the reference of every cut;
@@ -232,6 +232,10 @@ METHODS = ("none", "ablate_latent", "ablate_layers", "project_latents", "penalty
 * ``penalty``: the toxic latent's mean activation in the loss;
 * ``steer_vector``: the base model's persona vector added (preventative steering);
 * ``project_vectors``: the base model's persona vectors projected out at every layer (CAFT style);
+* ``project_vectors_latents``: both of the last two, two directions per layer;
+* ``project_model_diff``: the mean-difference direction of the shipped misaligned model (its mean
+  activation minus the base model's, last prompt token, non-code prompts; Soligo et al.) projected
+  out at every layer: a direction known only after one misaligned fine-tune;
 * ``random_steer`` / ``random_project``: the controls of ``steer_vector`` and ``project_vectors``
   (random directions of the same norms, a new draw per seed)."""
 
@@ -399,7 +403,7 @@ def _display(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "in-domain toxic %": f"{_pct(r['in_toxic'])} [{_pct(r['in_toxic_lo'])}, {_pct(r['in_toxic_hi'])}]",
             "off-domain toxic %": f"{_pct(r['off_toxic'])} [{_pct(r['off_toxic_lo'])}, {_pct(r['off_toxic_hi'])}]",
             "cut %": f"{_pct(r['cut'])} [{_pct(r['cut_lo'])}, {_pct(r['cut_hi'])}]",
-            "cut by seed %": _pct(r["seed_cut_min"]) if r["seed_cut_min"] == r["seed_cut_max"]
+            "cut by seed %": _pct(r["seed_cut_min"]) if r["seed_cut_min"] == r["seed_cut_max"] or r["seed_cut_min"] != r["seed_cut_min"]
             else f"{_pct(r['seed_cut_min'])} to {_pct(r['seed_cut_max'])}",
             "off-domain incoherent %": f"{_pct(r['off_incoherent'])} (≤ {_pct(r['off_incoherent_hi'])})",
             "goal": r["goal"],
@@ -449,7 +453,15 @@ def _method(name: str, org: Any, cfg: ExperimentConfig, latent: int, dirs: Mappi
                                      name=name)
     hooks: H.FwdHooks = []
     for k, h in enumerate(proj):
-        v = dirs[h] if name == "project_vectors" else random_direction_like(dirs[h], 2000 + 10 * seed + k)
+        if name == "project_vectors":
+            v = dirs[h]
+        elif name == "project_vectors_latents":
+            j = layer_latents[h]
+            v = torch.stack([dirs[h], org.saes[h].W_dec[j].detach().float()])
+        elif name == "project_model_diff":
+            v = dirs[f"model_diff:{h}"]
+        else:
+            v = random_direction_like(dirs[h], 2000 + 10 * seed + k)
         hooks += H.project_out(h, v)
     return Prevention(name, hooks)
 
@@ -479,7 +491,15 @@ def prevention_experiment(
     latent = int(d.top(1, "increase").index[0])
     dirs = _persona_directions(org, cfg)
     layer_latents: dict[str, int] = {}
-    if {"ablate_layers", "project_latents"} & set(cfg.methods):  # each layer SAE's top increase, misaligned vs base
+    if "project_model_diff" in cfg.methods:
+        from tl_persona.vectors import model_diff_vector
+
+        for layer in cfg.persona_layers:
+            h = f"blocks.{layer}.hook_resid_post"
+            dirs[f"model_diff:{h}"] = model_diff_vector(org.base, org.misaligned, other, hook_name=h,
+                                                        batch_size=64).vector.detach().float()
+    if {"ablate_layers", "project_latents", "project_vectors_latents"} & set(cfg.methods):
+        # each layer SAE's top increase, shipped misaligned vs base
         ds = organism.layer_diffs(org, other)
         layer_latents = {str(ds[k].meta["hook_name"]): int(ds[k].top(1, "increase").index[0]) for k in ds}
     runs: list[dict[str, Any]] = []
@@ -505,7 +525,9 @@ def prevention_experiment(
                 if m == "none" and keep_models:
                     models[(domain, seed)] = ft
     meta = {"seconds": round(time.perf_counter() - t0, 1), "sae_hook": org.hook_name, "layer_latents": layer_latents,
-            "persona_hooks": list(dirs), "persona_norms": {h: float(v.norm()) for h, v in dirs.items()}}
+            "persona_hooks": list(dirs), "persona_norms": {h: float(v.norm()) for h, v in dirs.items()},
+            "model_diff_cosines": {h: float(torch.cosine_similarity(dirs[h], dirs[f"model_diff:{h}"], dim=0))
+                                   for h in dirs if f"model_diff:{h}" in dirs}}
     return PreventionResult(runs, cfg, latent, meta, models)
 
 
