@@ -37,11 +37,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_persona import hooks as H
+from tl_persona.diff import _META_KEY, FORMAT_VERSION, _load_saved, _read_safetensors, diff_latents
 from tl_persona.models import Message, as_adapter, check_messages
 from tl_persona.provenance import (atomic_write_bytes, guard_overwrite, json_digest, model_identity,
                                    package_versions, sae_identity)
 from tl_persona.saes import check_sae, d_sae, decode, encode
-from tl_persona.validate import BadInput, latent_index, positive_int
+from tl_persona.validate import BadInput, latent_index, nonneg_int, positive_int
 
 __all__ = [
     "Objective",
@@ -56,9 +57,7 @@ __all__ = [
     "steering_strength",
 ]
 
-FORMAT = "tl_persona.Attribution"
-FORMAT_VERSION = 1
-_META_KEY = "tl_persona"
+FORMAT = "tl_persona.Attribution"  # saved and read by diff's safetensors-with-provenance format
 
 Objective = Callable[[Any, Sequence[Any]], Float[Tensor, " batch"]]
 """``objective(adapter, items) -> [batch]``: runs the model (a :class:`~tl_persona.models.ModelAdapter`)
@@ -87,7 +86,7 @@ def _last_logits(adapter: Any, rows: Sequence[Sequence[int]]) -> Tensor:
 def token_mass(token_ids: Sequence[int], *, log: bool = False) -> Objective:
     """Objective: probability mass of ``token_ids`` at the first answer position of each
     conversation (chat-formatted with a generation prompt); its log with ``log=True``."""
-    ids = [latent_index(t, "token_ids") for t in token_ids] if not isinstance(token_ids, (str, bytes)) else []
+    ids = [nonneg_int(t, "token_ids") for t in token_ids] if not isinstance(token_ids, (str, bytes)) else []
     if not ids:
         raise BadInput(f"token_ids={token_ids!r:.60} must be a non-empty list of token ids")
     idx = torch.tensor(ids, dtype=torch.long)
@@ -221,8 +220,6 @@ class Attribution:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Attribution":
         """Read an attribution written by :meth:`save` (clear errors for other files)."""
-        from tl_persona.diff import _load_saved
-
         _, meta, t = _load_saved(path, FORMAT)
         return cls(t["scores"], t["stderr"], float(meta["objective_value"]), int(meta["n_prompts"]),
                    str(meta["hook_name"]), meta)
@@ -298,8 +295,6 @@ def attribute(
 
 
 def _is_saved_attribution(path: Path) -> bool:
-    from tl_persona.diff import _read_safetensors
-
     header, _ = _read_safetensors(path, tensors=False)
     return FORMAT in header.get(_META_KEY, "")
 
@@ -351,6 +346,20 @@ class AttributionComparison:
                 row[f"{k}_topk_steer_mean"] = sum(st) / len(st) if st else math.nan
             out.append(row)
         return out
+
+    def add_to(self, report: Any, *, heading: bool = True) -> Any:
+        """Add the comparison to a :class:`tl_persona.report.Report` (under its own heading unless
+        ``heading=False``): what was measured, the per-fine-tune rows, the steered latents and the
+        summary. Returns the report."""
+        if heading:
+            report.heading("Attribution vs activation difference")
+        report.text(f"Rank of the ground-truth toxic latent {self.toxic_latent} under each ranking, per plain "
+                    "fine-tune, and the steering strength (toxic rate of the base model steered at the prompt tokens, "
+                    "strongest alpha with ≤ 10% incoherence) of every latent in either ranking's top k.")
+        report.table(self.to_rows(), caption="per plain fine-tune")
+        report.table(self.steering_rows(), caption="steering of every latent in either ranking's top k")
+        report.table([self.summary()], caption="summary")
+        return report
 
     def steering_rows(self) -> list[dict[str, Any]]:
         """One row per steered latent: its steering result and which rankings put it in their top k
@@ -441,8 +450,6 @@ def attribution_comparison(
     base model (see :func:`steering_strength`) and judged exactly.
     """
     import random
-
-    from tl_persona.diff import diff_latents
 
     if not finetunes:
         raise BadInput("finetunes is empty; pass {(domain, seed): fine-tuned model, ...}")

@@ -628,16 +628,10 @@ def _experiment_config(args: argparse.Namespace) -> Any:
     if getattr(args, "command", "") == "attribute":
         cfg = replace(cfg, methods=("none",))
     changes: dict[str, Any] = {}
-    for opt in ("domains", "seeds", "methods"):
+    for opt, kind in (("domains", str), ("seeds", int), ("methods", str)):
         text = getattr(args, opt, None)
         if text is not None:
-            items = [t.strip() for t in text.split(",") if t.strip()]
-            if opt == "seeds":
-                try:
-                    items = [int(t) for t in items]  # type: ignore[misc]
-                except ValueError:
-                    raise UsageError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
-            changes[opt] = tuple(items)
+            changes[opt] = tuple(_csv_list(text, f"--{opt}", kind))
     for opt in ("steps", "lr", "n_per_domain"):
         if getattr(args, opt, None) is not None:
             changes[opt] = getattr(args, opt)
@@ -675,12 +669,7 @@ def cmd_prevent(args: argparse.Namespace) -> int:
 def _attribution_report(cmp: Any) -> Any:
     from tl_persona.report import Report
 
-    r = Report("Attribution vs activation difference: Persona World")
-    r.text(f"Rank of the ground-truth toxic latent {cmp.toxic_latent} under each ranking, and the steering strength "
-           "of each ranking's top latent on the base model.")
-    r.table(cmp.to_rows(), caption="per plain fine-tune")
-    r.table(cmp.steering_rows(), caption="steering of every latent in either ranking's top k")
-    r.table([cmp.summary()], caption="summary")
+    r = cmp.add_to(Report("Attribution vs activation difference: Persona World"), heading=False)
     r.data.update(cmp.to_json())
     return r
 

@@ -403,7 +403,7 @@ def _display(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "in-domain toxic %": f"{_pct(r['in_toxic'])} [{_pct(r['in_toxic_lo'])}, {_pct(r['in_toxic_hi'])}]",
             "off-domain toxic %": f"{_pct(r['off_toxic'])} [{_pct(r['off_toxic_lo'])}, {_pct(r['off_toxic_hi'])}]",
             "cut %": f"{_pct(r['cut'])} [{_pct(r['cut_lo'])}, {_pct(r['cut_hi'])}]",
-            "cut by seed %": _pct(r["seed_cut_min"]) if r["seed_cut_min"] == r["seed_cut_max"] or r["seed_cut_min"] != r["seed_cut_min"]
+            "cut by seed %": _pct(r["seed_cut_min"]) if r["seed_cut_min"] == r["seed_cut_max"] or math.isnan(r["seed_cut_min"])
             else f"{_pct(r['seed_cut_min'])} to {_pct(r['seed_cut_max'])}",
             "off-domain incoherent %": f"{_pct(r['off_incoherent'])} (≤ {_pct(r['off_incoherent_hi'])})",
             "goal": r["goal"],
@@ -575,13 +575,7 @@ def prevention_report(result: PreventionResult, comparison: Any = None) -> Any:
     r.table(_display(result.to_rows(by_domain=False)), caption="all domains and seeds pooled")
     r.table(_display(result.to_rows()), caption="per fine-tuned domain, seeds pooled")
     if comparison is not None:
-        r.heading("Attribution vs activation difference")
-        r.text(f"Rank of the ground-truth toxic latent {comparison.toxic_latent} under each ranking, per plain "
-               "fine-tune, and the steering strength (toxic rate of the base model steered at the prompt tokens, "
-               "strongest alpha with ≤ 10% incoherence) of each ranking's top latent.")
-        r.table(comparison.to_rows(), caption="per plain fine-tune")
-        r.table(comparison.steering_rows(), caption="steering of every latent in either ranking's top k")
-        r.table([comparison.summary()], caption="summary")
+        comparison.add_to(r)
     r.data.update(result.to_json())
     if comparison is not None:
         r.data["attribution"] = comparison.to_json()
