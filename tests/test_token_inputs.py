@@ -88,6 +88,27 @@ def test_token_inputs_on_a_model_without_a_tokenizer(setup):
     assert s.n == len(rows)
 
 
+def test_token_tensors_diff_between_two_models_without_tokenizers(setup):
+    """Token ids need no tokenizer: the pair check compares vocabularies only when both models have one."""
+    base, ft, sae, rows = setup
+    from transformer_lens import HookedTransformer
+
+    bare = []
+    for m in (base, ft):
+        b = HookedTransformer(m.cfg)
+        b.load_state_dict(m.state_dict())
+        bare.append(b)
+    assert bare[0].tokenizer is None and bare[1].tokenizer is None
+    toks, mask = _padded([r[1:] for r in rows])
+    d = diff_latents(bare[0], bare[1], sae, PromptSet.from_tokens(toks, attention_mask=mask), scope="all")
+    with_tok = diff_latents(base, ft, sae, PromptSet.from_tokens(toks, attention_mask=mask), scope="all")
+    assert int(d.top(1, "increase").index[0]) == 9  # the planted latent
+    assert torch.allclose(torch.as_tensor(d.delta), torch.as_tensor(with_tok.delta))
+    other = HookedTransformer(base.cfg.to_dict() | {"d_vocab": base.cfg.d_vocab + 1, "d_vocab_out": base.cfg.d_vocab + 1})
+    with pytest.raises(BadInput, match="d_vocab"):
+        diff_latents(bare[0], other, sae, PromptSet.from_tokens(toks, attention_mask=mask))
+
+
 def test_token_input_errors(setup):
     base, _, sae, rows = setup
     with pytest.raises(BadInput, match="outside the model's vocabulary"):

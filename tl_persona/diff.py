@@ -150,8 +150,8 @@ def collect(
 
 def _check_pair(a: ModelAdapter, b: ModelAdapter, enc: Encoder) -> str:
     """Clear errors when two models cannot be diffed with one encoder; returns the hook name."""
-    ta, tb = a.tokenizer, b.tokenizer
-    if ta is not tb:
+    ta, tb = getattr(a.model, "tokenizer", None), getattr(b.model, "tokenizer", None)
+    if ta is not None and tb is not None and ta is not tb:  # without both, the prompts are token ids
         va, vb = ta.get_vocab(), tb.get_vocab()
         if va != vb:
             diff = sorted(set(va.items()) ^ set(vb.items()))[:3]
@@ -166,6 +166,10 @@ def _check_pair(a: ModelAdapter, b: ModelAdapter, enc: Encoder) -> str:
                     f"base and fine-tuned tokenizers differ in {attr} ({getattr(ta, attr, None)} vs "
                     f"{getattr(tb, attr, None)}); attach the same tokenizer to both models"
                 )
+    va_n, vb_n = getattr(a.model.cfg, "d_vocab", None), getattr(b.model.cfg, "d_vocab", None)
+    if va_n is not None and vb_n is not None and va_n != vb_n:
+        raise BadInput(f"base {a.name!r} has d_vocab={va_n} but fine-tuned {b.name!r} has d_vocab={vb_n}; the same "
+                       "token ids must mean the same tokens in both models: use a fine-tune of the same base model")
     if a.d_model != b.d_model:
         raise BadInput(
             f"base {a.name!r} has d_model={a.d_model} but fine-tuned {b.name!r} has d_model={b.d_model}; "

@@ -41,6 +41,7 @@ by a hook on the logits (``unembed.hook_out``), the innermost hook, after any of
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Literal, Sequence, Union
 
 import torch
@@ -51,7 +52,7 @@ from tl_persona.hooks import Positions
 from tl_persona.models import as_adapter
 from tl_persona.validate import BadInput, finite, positive_int
 
-__all__ = ["sample", "to_judge_items", "Conversation", "plan_batches"]
+__all__ = ["sample", "to_judge_items", "Conversation", "plan_batches", "check_bridge_cache"]
 
 Conversation = Union[str, Sequence[dict]]
 """A list of ``{"role", "content"}`` messages, or a plain string taken as one user message."""
@@ -160,6 +161,8 @@ def sample(
 
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
     bridge = adapter.is_bridge
+    if bridge:
+        check_bridge_cache(adapter.model)
     paddable = [padding == "left" and n == max_new_tokens for n in new_tokens]
     if padding == "left" and not bridge:
         paddable = [ok and _left_pad_reads_back(adapter, r, int(pad_id)) for ok, r in zip(paddable, rows)]
@@ -216,6 +219,36 @@ def sample(
                     cut = next((p for p, t in enumerate(seq) if t in stops), len(seq))
                     out[k] = tok.decode(seq[:cut], skip_special_tokens=True).strip()
     return [s if s is not None else "" for s in out]
+
+
+_CACHE_CHECKED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def check_bridge_cache(bridge: Any) -> None:
+    """Refuse cached generation on a ``TransformerBridge`` whose KV cache stays empty.
+
+    Why: transformers 5.24 renamed the ``past_key_values`` argument of its attention layers to
+    ``cache``, and TransformerLens 3.x's bridge attention reads only the old name: the cache is
+    never filled, every decoding step attends to itself alone, and greedy answers come out as
+    ``I------``. The check runs one two-token forward per model (remembered afterwards) and raises
+    rather than let a sweep judge garbage. ``pyproject.toml`` bounds transformers below 5.24."""
+    if bridge in _CACHE_CHECKED:
+        return
+    probe = torch.zeros((1, 2), dtype=torch.long, device=next(bridge.parameters()).device)
+    with torch.no_grad():
+        out = bridge(probe, return_type="logits_and_cache", use_past_kv_cache=True)
+    cache = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+    filled = cache.get_seq_length() if hasattr(cache, "get_seq_length") else None
+    if filled is not None and filled != probe.shape[1]:
+        from importlib.metadata import version
+
+        raise RuntimeError(
+            f"this TransformerBridge does not fill its KV cache (transformers {version('transformers')}, "
+            f"transformer-lens {version('transformer-lens')}: {filled} of {probe.shape[1]} positions cached), so "
+            "cached generation would ignore the prompt and answer garbage. transformers 5.24 renamed the attention "
+            "layers' past_key_values argument to cache, which TransformerLens 3.x's bridge does not read: install "
+            "`pip install 'transformers<5.24'`, or load the model as a HookedTransformer (model_class='hooked')")
+    _CACHE_CHECKED.add(bridge)
 
 
 def _logits_hook_name(adapter: Any) -> str:
