@@ -25,6 +25,7 @@ import copy
 import datetime as _dt
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
@@ -55,6 +56,7 @@ _CANDIDATES = (8, 256)  # pilot candidates per direction: at least max(8 * top, 
 # pass (a second forward over every prompt, doubling the run); the budget makes that rare, and
 # bounds the memory whatever the number of prompts (it narrows to the minimum as prompts grow).
 _TRACK_ELEMENTS = 2**23
+_TRIM_EVERY = 0.05  # seconds between heap trims on the CPU (see trim_heap)
 
 
 @runtime_checkable
@@ -165,19 +167,29 @@ class StreamResult:
 @dataclass
 class _Sinks:
     """Where one (model, encoder)'s features go: statistics, tracked per-prompt sums (``track``: the
-    tracker's features on the encoder's device), pilot sums (device ids, host ids, sums [B, F],
-    counts); everything stays on the encoder's device until the run ends."""
+    tracker's features on the encoder's device; ``slots``: each feature's column among them, -1
+    when untracked, for the sparse path), pilot sums (device ids, host ids, sums [B, F], counts);
+    everything stays on the encoder's device until the run ends."""
 
     stats: LatentStats | None = None
     tracker: PerPromptTracker | None = None
     pilot: list[tuple[Tensor, Tensor, Tensor, Tensor]] | None = None
     track: Tensor | None = None
+    slots: Tensor | None = None
+    sparse: bool | None = None  # whether the features take the sparse path; the first chunk decides
 
 
 def _sinks(enc: Encoder, stats: LatentStats | None = None, tracker: PerPromptTracker | None = None,
            pilot: list | None = None) -> _Sinks:
-    track = tracker.latents.to(enc.device) if tracker is not None else None
-    return _Sinks(stats, tracker, pilot, track)
+    if tracker is None:
+        return _Sinks(stats, tracker, pilot)
+    track = tracker.latents.to(enc.device)
+    slots = None
+    if len(set(tracker.latents.tolist())) == len(tracker.latents):  # a feature tracked twice takes the dense path
+        slots = torch.full((enc.n_features,), -1, dtype=torch.long)
+        slots[tracker.latents] = torch.arange(len(tracker.latents))
+        slots = slots.to(enc.device)
+    return _Sinks(stats, tracker, pilot, track, slots)
 
 
 # =========================================================================== batches, prepared ahead
@@ -272,8 +284,8 @@ class _Runner:
 
     Nothing in the loop reads a device value on the host: counted positions and counts come from
     the host-side batch, non-finite activations are flagged on the device and checked once per run
-    (:meth:`check_finite`), and whether an encoder's features are sparse is decided once, from its
-    first chunk, where the sparse path may run at all.
+    (:meth:`check_finite`), and whether a model's features of an encoder are sparse is decided
+    once per run, from the first chunk, where the sparse path may run at all (:func:`_entries`).
     """
 
     def __init__(self, models: Sequence[ModelAdapter], encoders: Sequence[Encoder], tp: TokenizedPrompts,
@@ -286,7 +298,7 @@ class _Runner:
         self.ahead = any(d.type == "cuda" for d in devices)  # prefetch + pinned memory
         self.on_cpu = all(a.device.type == "cpu" for a in models) and (device is None or device.type == "cpu")
         self.finite: dict[tuple[int, str], tuple[str, Tensor]] = {}
-        self.sparse: dict[int, bool] = {}
+        self.trimmed = time.perf_counter()
 
     def plan(self, idx: np.ndarray) -> list[np.ndarray]:
         if not len(idx):
@@ -304,15 +316,20 @@ class _Runner:
                 with on_device(adapter, self.device):
                     for b in self.batches(plan):
                         _run_batch(adapter, self.encoders, b, sinks[k], self)
-                        if self.on_cpu:
-                            trim_heap()
+                        self.trim()
         else:
             for b in self.batches(plan):
                 for k, adapter in enumerate(self.models):
                     _run_batch(adapter, self.encoders, b, sinks[k], self)
-                if self.on_cpu:
-                    trim_heap()
+                self.trim()
         self.check_finite()
+
+    def trim(self) -> None:
+        """:func:`trim_heap` after a batch on the CPU, at most every ``_TRIM_EVERY`` seconds (a trim
+        costs ~0.1 ms: after every batch of a tiny model that is a few percent of the run)."""
+        if self.on_cpu and time.perf_counter() - self.trimmed >= _TRIM_EVERY:
+            trim_heap()
+            self.trimmed = time.perf_counter()
 
     def note_finite(self, adapter: ModelAdapter, hook: str, x: Tensor) -> None:
         """Fold "all of ``x`` is finite" into the device-side flag of (model, hook)."""
@@ -330,19 +347,33 @@ class _Runner:
                     "model's weights and dtype (float16 overflows are common: try bfloat16 or float32)"
                 )
 
-    def entries(self, enc: Encoder, f: Tensor) -> SparseEntries | None:
-        """The chunk's non-zero entries when ``enc``'s features take the sparse path, else None."""
-        if f.device.type not in _SPARSE_DEVICES:
-            return None
-        decided = self.sparse.get(id(enc))
-        if decided is None:  # the first chunk decides, once per encoder and run
-            ent = sparse_entries(f)
-            self.sparse[id(enc)] = ent is not None
-            return ent
-        return sparse_entries(f, probe=False) if decided else None
 
 
-def _feed(enc: Encoder, x: Tensor, batch: _Batch, sinks: _Sinks, run: _Runner) -> None:
+def _entries(f: Tensor, sinks: _Sinks) -> SparseEntries | None:
+    """The chunk's non-zero entries when these features take the sparse path, else None; the first
+    chunk of the run decides (one host read), and only on a device of ``_SPARSE_DEVICES``."""
+    if f.device.type not in _SPARSE_DEVICES:
+        return None
+    if sinks.sparse is None:
+        ent = sparse_entries(f)
+        sinks.sparse = ent is not None
+        return ent
+    return sparse_entries(f, probe=False) if sinks.sparse else None
+
+
+def _add_tracked(tsum: Tensor, r: Tensor, f: Tensor, ent: SparseEntries | None, sinks: _Sinks) -> None:
+    """Add the chunk's tracked features to the per-prompt sums ``tsum`` [B, m] (float64: the two
+    models' sums are subtracted later). From the non-zero entries when there are (a scan of the
+    non-zeros instead of a gather of every row's m columns), the same additions in the same order."""
+    if ent is None or sinks.slots is None:
+        tsum.index_add_(0, r, f[:, sinks.track].to(torch.float64))
+        return
+    slot = sinks.slots[ent.cols]
+    keep = slot >= 0
+    tsum.view(-1).index_add_(0, r[ent.rows[keep]] * tsum.shape[1] + slot[keep], ent.vals[keep].to(torch.float64))
+
+
+def _feed(enc: Encoder, x: Tensor, batch: _Batch, sinks: _Sinks) -> None:
     """Encode the counted rows ``x`` chunk by chunk into ``sinks``, on the encoder's device."""
     F = enc.n_features
     dev = enc.device
@@ -354,11 +385,11 @@ def _feed(enc: Encoder, x: Tensor, batch: _Batch, sinks: _Sinks, run: _Runner) -
         for s in range(0, x.shape[0], step):
             f = enc.encode(x[s : s + step])
             r = b["rows"][s : s + step]
-            ent = run.entries(enc, f) if (sinks.stats is not None or psum is not None) else None
+            ent = _entries(f, sinks) if (sinks.stats is not None or psum is not None) else None
             if sinks.stats is not None:
                 sinks.stats.update(f, entries=ent, sparse=ent is not None)
             if tsum is not None:
-                tsum.index_add_(0, r, f[:, sinks.track].to(torch.float64))
+                _add_tracked(tsum, r, f, ent, sinks)
             if psum is not None:
                 if ent is None:
                     psum.index_add_(0, r, f.float())
@@ -389,7 +420,7 @@ def _run_batch(adapter: ModelAdapter, encoders: Sequence[Encoder], batch: _Batch
                     adapter.name)
         # an encoder may keep its weights elsewhere (e.g. on the CPU) until its hook's rows arrive
         with (enc.attached() if hasattr(enc, "attached") else contextlib.nullcontext()):
-            _feed(enc, x, batch, s, run)
+            _feed(enc, x, batch, s)
 
 
 def _select_top(delta: Tensor, k: int) -> list[int]:
