@@ -147,3 +147,39 @@ def test_device_path_has_no_data_dependent_shape_and_gives_the_same_numbers(setu
         assert torch.equal(ref.tracked[e].features, dense.tracked[e].features)
         for k in range(2):  # per-prompt sums do not depend on the statistics' path
             assert torch.equal(ref.tracked[e].sums[k], dense.tracked[e].sums[k])
+
+
+def test_batches_prepared_by_a_worker_thread_give_the_same_result(setup, monkeypatch):
+    """The prefetching path CUDA runs take (a worker thread pads the next batches), on the CPU."""
+    models, prompts, encs = setup
+    tp = PromptSet.from_list(prompts[:120]).tokenize(models[0])
+    ref = engine.stream(models, encs, tp, "all", batch_size=4, seed=0, track_top=3)
+    monkeypatch.setattr(engine, "_PREFETCH_DEVICES", ("cpu",))
+    got = engine.stream(models, encs, tp, "all", batch_size=4, seed=0, track_top=3)
+    for k in range(2):
+        for e in range(2):
+            assert torch.equal(got.stats[k][e].mean, ref.stats[k][e].mean)
+            assert torch.equal(got.tracked[e].sums[k], ref.tracked[e].sums[k])
+
+
+def test_prefetching_passes_errors_on_and_stops_its_worker():
+    import threading
+
+    def items():
+        yield 1
+        yield 2
+        raise KeyError("in the worker")
+
+    it = engine._prefetched(items())
+    assert [next(it), next(it)] == [1, 2]
+    with pytest.raises(KeyError, match="in the worker"):
+        next(it)
+    before = threading.active_count()
+    it = engine._prefetched(iter(range(10**6)), depth=2)
+    assert next(it) == 0
+    it.close()  # the consumer stops early: the worker must not stay blocked on a full queue
+    for _ in range(50):
+        if threading.active_count() <= before:
+            break
+        threading.Event().wait(0.02)
+    assert threading.active_count() <= before

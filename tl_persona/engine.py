@@ -277,6 +277,9 @@ def _prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 # Its shapes depend on the data, which on a GPU would make the host wait for the device every chunk;
 # there the dense path (a few large, fixed-shape kernels) runs instead.
 _SPARSE_DEVICES = ("cpu",)
+# Device types for which a worker thread prepares batches ahead. Not on the CPU: there the thread
+# would only take a core from the forward pass.
+_PREFETCH_DEVICES = ("cuda",)
 
 
 class _Runner:
@@ -294,8 +297,9 @@ class _Runner:
         self.models, self.encoders, self.tp, self.scope = models, encoders, tp, scope
         self.batch_size, self.max_tokens, self.seed = batch_size, max_tokens, seed
         self.one_model_at_a_time, self.device = one_model_at_a_time, device
-        devices = [a.device for a in models] + [e.device for e in encoders] + ([device] if device else [])
-        self.ahead = any(d.type == "cuda" for d in devices)  # prefetch + pinned memory
+        types = {d.type for d in [a.device for a in models] + [e.device for e in encoders] + ([device] if device else [])}
+        self.prefetch = bool(types & set(_PREFETCH_DEVICES))  # a worker thread prepares the next batches
+        self.pin = "cuda" in types  # in pinned memory, copied without waiting
         self.on_cpu = all(a.device.type == "cpu" for a in models) and (device is None or device.type == "cpu")
         self.finite: dict[tuple[int, str], tuple[str, Tensor]] = {}
         self.trimmed = time.perf_counter()
@@ -305,23 +309,25 @@ class _Runner:
             return []
         return self.tp.batch_plan(self.batch_size, max_tokens=self.max_tokens, seed=self.seed, indices=idx)
 
-    def batches(self, plan: list[np.ndarray]) -> Iterator[_Batch]:
-        items = (_prepare(self.tp, idx, self.scope, self.ahead) for idx in plan)
-        return _prefetched(items) if self.ahead and plan else items
+    def batches(self, plan: list[np.ndarray]) -> contextlib.closing[Iterator[_Batch]]:
+        """The plan's batches, prepared on the host; closed on exit (a prefetching worker stops too)."""
+        items = (_prepare(self.tp, idx, self.scope, self.pin) for idx in plan)
+        return contextlib.closing(_prefetched(items) if self.prefetch and plan else items)
 
     def run(self, plan: list[np.ndarray], sinks: list[list[_Sinks]]) -> None:
         """Every model over ``plan``: batch-major (both models per batch) or model-major."""
         if self.one_model_at_a_time:
             for k, adapter in enumerate(self.models):
-                with on_device(adapter, self.device):
-                    for b in self.batches(plan):
+                with on_device(adapter, self.device), self.batches(plan) as batches:
+                    for b in batches:
                         _run_batch(adapter, self.encoders, b, sinks[k], self)
                         self.trim()
         else:
-            for b in self.batches(plan):
-                for k, adapter in enumerate(self.models):
-                    _run_batch(adapter, self.encoders, b, sinks[k], self)
-                self.trim()
+            with self.batches(plan) as batches:
+                for b in batches:
+                    for k, adapter in enumerate(self.models):
+                        _run_batch(adapter, self.encoders, b, sinks[k], self)
+                    self.trim()
         self.check_finite()
 
     def trim(self) -> None:
