@@ -72,9 +72,17 @@ SHAPE = SHAPES["gpt2"]
 HOOK, D_SAE, VOCAB, TARGET_L0 = SHAPE["hook"], SHAPE["d_sae"], SHAPE["cfg"]["d_vocab"], SHAPE["l0"]
 
 
-def use_shape(name: str) -> None:
+def use_shape(name: str, dry: bool = False) -> None:
+    """Make ``name`` the current shape; ``dry`` shrinks its widths (d_model 64, d_mlp 256, 2 heads
+    of 32 and 1 KV head where it has fewer KV heads, vocabulary 1,024, 512 latents, prompts of 8-64
+    tokens) and keeps its depth and architecture: a quick run of the same code paths."""
     global SHAPE, HOOK, D_SAE, VOCAB, TARGET_L0
     SHAPE = SHAPES[name]
+    if dry:
+        cfg = dict(SHAPE["cfg"], d_model=64, n_heads=2, d_head=32, d_mlp=256, d_vocab=1024, n_ctx=128)
+        if "n_key_value_heads" in cfg:
+            cfg["n_key_value_heads"] = 1
+        SHAPE = dict(SHAPE, cfg=cfg, d_sae=512, l0=8, lengths=(8, 64))
     HOOK, D_SAE, VOCAB, TARGET_L0 = SHAPE["hook"], SHAPE["d_sae"], SHAPE["cfg"]["d_vocab"], SHAPE["l0"]
 
 
@@ -106,7 +114,7 @@ def build(device: str, seed: int = 0):
             p.add_(0.02 * p.std() * torch.randn(p.shape, generator=g).to(device))
         # the planted shift: 8 down to 4 along latents 0..7 at GPT-2 small's residual norm (about 61 at
         # block 6), scaled to other shapes' norms so that the fine-tune's L0 grows alike (124 -> 198)
-        scale = 1.0 if SHAPE is SHAPES["gpt2"] else norm / 61.3
+        scale = 1.0 if SHAPE is SHAPES["gpt2"] else norm / 61.3  # (a dry run's gpt2 shape is another dict)
         shift = (W[:8] * torch.linspace(8.0, 4.0, 8)[:, None]).sum(0).to(device) * scale
         ft.blocks[int(HOOK.split(".")[1]) - 1].mlp.b_out.add_(shift)
     return base, ft, tok, sae
@@ -358,10 +366,10 @@ def memory_child(n_prompts: int, batch_size: int, device: str) -> None:
                       "exact": exact}))
 
 
-def measure_memory(n_prompts: int, batch_size: int, device: str, shape: str) -> dict:
+def measure_memory(n_prompts: int, batch_size: int, device: str, shape: list[str]) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--memory-child", str(n_prompts), "--batch-size", str(batch_size), "--device", device,
-         "--shape", shape],
+         *shape],
         capture_output=True, text=True, check=False,
     )
     if out.returncode != 0:
@@ -385,11 +393,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--memory-prompts", type=int, default=30, help="N for the memory runs (N and 10 N)")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-c", action="store_true", help="skip the SAE-Lens baseline")
+    ap.add_argument("--dry", action="store_true", help="the shape's depth and architecture at tiny widths (a dry run)")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--layers", default=None, help="multi-layer case: comma-separated layers, one SAE each (e.g. 2,5,8,11)")
     ap.add_argument("--d-sae", type=int, default=None, help="latents per SAE in the multi-layer case (default: the shape's)")
     args = ap.parse_args()
-    use_shape(args.shape)
+    use_shape(args.shape, args.dry)
     args.tokens = args.tokens or (40000 if args.shape == "tiny" else 6000)
     args.d_sae = args.d_sae or D_SAE
     if args.device == "cpu":
@@ -412,10 +421,10 @@ def report(args, wall: dict, cpu: dict, n_tok: int, d, errs: list[float], batche
     print(f"    (a): L0 {l0:.0f} latents/token; per-prompt second pass: {d.meta['per_prompt_second_pass']} latents")
     if errs:
         print(f"    max |delta(a) - delta(c)| = {max(errs):.2e} (same numbers, different speed)")
-    if args.shape == "tiny":  # the model costs almost nothing: the library's per-batch overhead
+    if args.shape == "tiny" and not args.dry:  # the model costs almost nothing: the library's per-batch overhead
         print(f"time (a)/(b) = {wall['a'] / wall['b']:.2f} wall-clock, {cpu['a'] / cpu['b']:.2f} cpu time  (target <= 1.2)")
     for k, target in (("b", 1.8), ("c", 2.5)):
-        if k in wall and args.shape != "tiny":
+        if k in wall and (args.shape != "tiny" or args.dry):
             print(f"ratio (a)/{'(' + k + ')'} throughput: {wall[k] / wall['a']:.2f}x wall-clock, "
                   f"{cpu[k] / cpu['a']:.2f}x cpu time  (target >= {target}x)")
     if args.device.startswith("cuda"):
@@ -427,8 +436,9 @@ def report(args, wall: dict, cpu: dict, n_tok: int, d, errs: list[float], batche
 
 def memory(args) -> None:
     n = args.memory_prompts
-    m1 = measure_memory(n, 2 * args.batch_size, args.device, args.shape)
-    m10 = measure_memory(10 * n, 2 * args.batch_size, args.device, args.shape)
+    shape = ["--shape", args.shape] + (["--dry"] if args.dry else [])
+    m1 = measure_memory(n, 2 * args.batch_size, args.device, shape)
+    m10 = measure_memory(10 * n, 2 * args.batch_size, args.device, shape)
     for m in (m1, m10):
         print(f"memory (a) {m['n_prompts']:5d} prompts {m['tokens']:7d} tokens: peak {m['peak'] / 2**20:8.1f} MiB "
               f"(models + SAE + prompts before: {m['start'] / 2**20:.1f} MiB; working set {(m['peak'] - m['start']) / 2**20:.1f} MiB)"
@@ -448,7 +458,8 @@ def main() -> None:
         memory_child(args.memory_child, args.batch_size, args.device)
         return
     t0 = time.perf_counter()
-    print(f"shape {args.shape}, device {args.device}, torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}")
+    print(f"shape {args.shape}{' (dry: tiny widths)' if args.dry else ''}, device {args.device}, "
+          f"torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}")
     base, ft, tok, sae = build(args.device)
     prompts = make_prompts(args.tokens)
     R = max(1, min(args.rounds, len(prompts)))
