@@ -85,3 +85,37 @@ def test_attribution_on_cuda_equals_cpu(pair):
     cpu = attribute(ft, sae, convs, obj, batch_size=4)
     gpu = attribute(_cuda(ft), _cuda(sae), convs, obj, batch_size=4)
     torch.testing.assert_close(gpu.scores, cpu.scores, rtol=1e-3, atol=1e-6)
+
+
+def test_the_diff_loop_never_waits_for_the_gpu(pair):
+    """``torch.cuda.set_sync_debug_mode("warn")`` warns at every call that makes the host wait for the
+    GPU (``.item()``, ``.cpu()``, ``nonzero``, a blocking copy...); none may come from tl_persona's
+    code per batch. Per batch: the difference of two runs with 25 and 50 batches after the pilot, so
+    the run's own reads (the pilot's candidates, the end of the run) cancel out. The CPU-side spy of
+    the same property is tests/test_host_syncs.py."""
+    import collections
+    import os
+    import warnings
+
+    from tl_persona import engine
+
+    base, ft, sae = pair
+    gb, gf, gs = _cuda(base), _cuda(ft), _cuda(sae)
+    pkg = os.path.dirname(engine.__file__)
+    prompts = [" ".join(f"w{(7 * i + j) % 90}" for j in range(3 + i % 9)) for i in range(264)]
+    diff_latents(gb, gf, gs, prompts[:16], scope="all", batch_size=4, per_prompt_top=3)  # warm-up
+
+    def syncs(n: int) -> collections.Counter:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                diff_latents(gb, gf, gs, prompts[:n], scope="all", batch_size=4, per_prompt_top=3)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        return collections.Counter(f"{os.path.basename(w.filename)}:{w.lineno}" for w in caught
+                                   if str(w.filename).startswith(pkg))
+
+    c1, c2 = syncs(64 + 100), syncs(64 + 200)
+    per_batch = {k: (c2[k] - c1[k]) / 25 for k in set(c1) | set(c2) if c2[k] != c1[k]}
+    assert per_batch == {}, f"host syncs per batch, by call site: {per_batch} (per run: {dict(c1)})"

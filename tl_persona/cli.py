@@ -336,8 +336,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     bad = [d for d in args.domains if d not in DOMAINS]
     if bad:
         raise UsageError(f"--domains {bad[0]!r} is not a Persona World domain; choose from {', '.join(DOMAINS)}")
-    result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress,
-                      seeds=args.seeds, domains=args.domains)
+    from tl_persona.organism.train import MODEL_CONFIG
+    from tl_persona.threads import threads_for_width
+
+    with threads_for_width(MODEL_CONFIG["d_model"]):  # one thread for the tiny organism (tl_persona.threads)
+        result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress,
+                          seeds=args.seeds, domains=args.domains)
     print(result.summary_text())
     print(f"\nreport: {result.out / 'report.html'}")
     return 0

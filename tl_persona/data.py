@@ -546,14 +546,15 @@ class TokenizedPrompts:
             raise ValueError(f"shard(rank={rank}, world={world}) needs 0 <= rank < world")
         return np.sort(np.argsort(-self.lengths, kind="stable")[rank::world])
 
-    def make_batch(self, indices: Sequence[int] | np.ndarray) -> PromptBatch:
-        """The prompts at ``indices`` as one right-padded :class:`PromptBatch` on the model's device."""
+    def make_batch(self, indices: Sequence[int] | np.ndarray, device: torch.device | str | None = None) -> PromptBatch:
+        """The prompts at ``indices`` as one right-padded :class:`PromptBatch` on ``device`` (default:
+        the model's; ``"cpu"`` prepares a batch on the host, ahead of the device)."""
         idx = np.asarray(indices, dtype=np.int64)
         tok = getattr(self.adapter.model, "tokenizer", None)
         tokens, attn = pad_rows([self.rows[i] for i in idx], getattr(tok, "pad_token_id", None))
         bos = torch.zeros_like(attn)
         bos[:, 0] = torch.from_numpy(self.has_bos[idx])
-        dev = self.adapter.device
+        dev = torch.device(device) if device is not None else self.adapter.device
         tb = TokenBatch(tokens.to(dev), attn.to(dev), bos.to(dev))
         return PromptBatch(torch.from_numpy(idx), tb, torch.from_numpy(self.prompt_len[idx]))
 

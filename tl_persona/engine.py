@@ -23,18 +23,21 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import queue
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_persona.data import PromptBatch, TokenizedPrompts
+from tl_persona.data import TokenizedPrompts
 from tl_persona.models import ModelAdapter, check_width
 from tl_persona.provenance import package_versions
-from tl_persona.stats import LatentStats, PerPromptTracker, dist_info, sparse_entries
+from tl_persona.stats import LatentStats, PerPromptTracker, SparseEntries, dist_info, sparse_entries
 from tl_persona.validate import BadInput
 
 __all__ = ["Encoder", "Tracked", "StreamResult", "stream", "chunk_rows", "trim_heap", "scope_tokens_or_raise", "on_device"]
@@ -53,6 +56,7 @@ _CANDIDATES = (8, 256)  # pilot candidates per direction: at least max(8 * top, 
 # pass (a second forward over every prompt, doubling the run); the budget makes that rare, and
 # bounds the memory whatever the number of prompts (it narrows to the minimum as prompts grow).
 _TRACK_ELEMENTS = 2**23
+_TRIM_EVERY = 0.05  # seconds between heap trims on the CPU (see trim_heap)
 
 
 @runtime_checkable
@@ -162,63 +166,259 @@ class StreamResult:
 
 @dataclass
 class _Sinks:
-    """Where one (model, encoder)'s features go: statistics, tracked per-prompt sums, pilot sums."""
+    """Where one (model, encoder)'s features go: statistics, tracked per-prompt sums (``track``: the
+    tracker's features on the encoder's device; ``slots``: each feature's column among them, -1
+    when untracked, for the sparse path), pilot sums (device ids, host ids, sums [B, F], counts);
+    everything stays on the encoder's device until the run ends."""
 
     stats: LatentStats | None = None
     tracker: PerPromptTracker | None = None
-    pilot: list[tuple[Tensor, Tensor, Tensor]] | None = None  # (prompt ids, sums [B, F], counts)
+    pilot: list[tuple[Tensor, Tensor, Tensor, Tensor]] | None = None
+    track: Tensor | None = None
+    slots: Tensor | None = None
+    sparse: bool | None = None  # whether the features take the sparse path; the first chunk decides
+
+
+def _sinks(enc: Encoder, stats: LatentStats | None = None, tracker: PerPromptTracker | None = None,
+           pilot: list | None = None) -> _Sinks:
+    if tracker is None:
+        return _Sinks(stats, tracker, pilot)
+    track = tracker.latents.to(enc.device)
+    slots = None
+    if len(set(tracker.latents.tolist())) == len(tracker.latents):  # a feature tracked twice takes the dense path
+        slots = torch.full((enc.n_features,), -1, dtype=torch.long)
+        slots[tracker.latents] = torch.arange(len(tracker.latents))
+        slots = slots.to(enc.device)
+    return _Sinks(stats, tracker, pilot, track, slots)
+
+
+# =========================================================================== batches, prepared ahead
+@dataclass(eq=False)
+class _Batch:
+    """One batch as the device needs it, prepared on the host ahead of the device.
+
+    ``host``: the padded ``tokens`` [B, T], the flat positions ``sel`` [n] (``row * T + pos``) of the
+    counted tokens, each one's batch row ``rows`` [n] and the prompt ``ids`` [B], in pinned memory
+    when bound for a GPU; ``counts`` [B] (counted tokens per row) stay on the host, like the
+    trackers' counts. :meth:`on` copies the tensors to a device once, without waiting for the copy.
+    """
+
+    host: dict[str, Tensor]
+    counts: Tensor
+    copies: dict[torch.device, dict[str, Tensor]] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.host["tokens"].shape[0])
+
+    def on(self, device: torch.device) -> dict[str, Tensor]:
+        if device.type == "cpu":
+            return self.host
+        if device not in self.copies:
+            self.copies[device] = {k: v.to(device, non_blocking=True) for k, v in self.host.items()}
+        return self.copies[device]
+
+
+def _prepare(tp: TokenizedPrompts, idx: np.ndarray, scope: str, pin: bool) -> _Batch:
+    """Pad one batch and find its counted positions, on the host (no device involved)."""
+    pb = tp.make_batch(idx, device="cpu")
+    mask = pb.mask(scope)
+    sel = mask.reshape(-1).nonzero().squeeze(1)
+    host = {"tokens": pb.tokens, "sel": sel, "rows": torch.div(sel, mask.shape[1], rounding_mode="floor"),
+            "ids": pb.indices}
+    if pin:
+        host = {k: v.pin_memory() for k, v in host.items()}
+    return _Batch(host, mask.sum(1))
+
+
+_DONE = object()
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """``items``, computed by a worker thread up to ``depth`` ahead of the consumer: the host pads and
+    pins the next batches while the GPU runs this one. The worker's errors surface here, in order."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for it in items:
+                if not _put(q, (True, it), stop):
+                    return
+            _put(q, (True, _DONE), stop)
+        except BaseException as e:  # handed to the consumer, raised there
+            _put(q, (False, e), stop)
+
+    threading.Thread(target=work, name="tl_persona-prefetch", daemon=True).start()
+    try:
+        while True:
+            ok, it = q.get()
+            if not ok:
+                raise it
+            if it is _DONE:
+                return
+            yield it
+    finally:
+        stop.set()
 
 
 # =========================================================================== the loop
-def _feed(enc: Encoder, x: Tensor, rows: Tensor, B: int, counts: Tensor, ids: Tensor, sinks: _Sinks) -> None:
-    """Encode the selected rows ``x`` (batch row of each in ``rows``) chunk by chunk into ``sinks``."""
+# Device types whose statistics may take the sparse path (SAE latents: work on the non-zeros only).
+# Its shapes depend on the data, which on a GPU would make the host wait for the device every chunk;
+# there the dense path (a few large, fixed-shape kernels) runs instead.
+_SPARSE_DEVICES = ("cpu",)
+# Device types for which a worker thread prepares batches ahead. Not on the CPU: there the thread
+# would only take a core from the forward pass.
+_PREFETCH_DEVICES = ("cuda",)
+
+
+class _Runner:
+    """Runs every model over a list of batches into sinks: the per-batch loop and what it shares.
+
+    Nothing in the loop reads a device value on the host: counted positions and counts come from
+    the host-side batch, non-finite activations are flagged on the device and checked once per run
+    (:meth:`check_finite`), and whether a model's features of an encoder are sparse is decided
+    once per run, from the first chunk, where the sparse path may run at all (:func:`_entries`).
+    """
+
+    def __init__(self, models: Sequence[ModelAdapter], encoders: Sequence[Encoder], tp: TokenizedPrompts,
+                 scope: str, batch_size: int, max_tokens: int | None, seed: int | None, one_model_at_a_time: bool,
+                 device: torch.device | None) -> None:
+        self.models, self.encoders, self.tp, self.scope = models, encoders, tp, scope
+        self.batch_size, self.max_tokens, self.seed = batch_size, max_tokens, seed
+        self.one_model_at_a_time, self.device = one_model_at_a_time, device
+        types = {d.type for d in [a.device for a in models] + [e.device for e in encoders] + ([device] if device else [])}
+        self.prefetch = bool(types & set(_PREFETCH_DEVICES))  # a worker thread prepares the next batches
+        self.pin = "cuda" in types  # in pinned memory, copied without waiting
+        self.on_cpu = all(a.device.type == "cpu" for a in models) and (device is None or device.type == "cpu")
+        self.finite: dict[tuple[int, str], tuple[str, Tensor]] = {}
+        self.trimmed = time.perf_counter()
+
+    def plan(self, idx: np.ndarray) -> list[np.ndarray]:
+        if not len(idx):
+            return []
+        return self.tp.batch_plan(self.batch_size, max_tokens=self.max_tokens, seed=self.seed, indices=idx)
+
+    def batches(self, plan: list[np.ndarray]) -> contextlib.closing[Iterator[_Batch]]:
+        """The plan's batches, prepared on the host; closed on exit (a prefetching worker stops too)."""
+        items = (_prepare(self.tp, idx, self.scope, self.pin) for idx in plan)
+        return contextlib.closing(_prefetched(items) if self.prefetch and plan else items)
+
+    def run(self, plan: list[np.ndarray], sinks: list[list[_Sinks]]) -> None:
+        """Every model over ``plan``: batch-major (both models per batch) or model-major."""
+        if self.one_model_at_a_time:
+            for k, adapter in enumerate(self.models):
+                with on_device(adapter, self.device), self.batches(plan) as batches:
+                    for b in batches:
+                        _run_batch(adapter, self.encoders, b, sinks[k], self)
+                        self.trim()
+        else:
+            with self.batches(plan) as batches:
+                for b in batches:
+                    for k, adapter in enumerate(self.models):
+                        _run_batch(adapter, self.encoders, b, sinks[k], self)
+                    self.trim()
+        self.check_finite()
+
+    def trim(self) -> None:
+        """:func:`trim_heap` after a batch on the CPU, at most every ``_TRIM_EVERY`` seconds (a trim
+        costs ~0.1 ms: after every batch of a tiny model that is a few percent of the run)."""
+        if self.on_cpu and time.perf_counter() - self.trimmed >= _TRIM_EVERY:
+            trim_heap()
+            self.trimmed = time.perf_counter()
+
+    def note_finite(self, adapter: ModelAdapter, hook: str, x: Tensor) -> None:
+        """Fold "all of ``x`` is finite" into the device-side flag of (model, hook)."""
+        ok = torch.isfinite(x).all()
+        prev = self.finite.get((id(adapter), hook))
+        self.finite[(id(adapter), hook)] = (adapter.name, ok if prev is None else prev[1] & ok)
+
+    def check_finite(self) -> None:
+        """Raise when a model produced NaN/inf activations in this run (one host read per model and hook)."""
+        flags, self.finite = self.finite, {}
+        for (_, hook), (name, ok) in flags.items():
+            if not bool(ok):
+                raise FloatingPointError(
+                    f"model {name!r} produced non-finite activations at {hook!r} (NaN/inf); check the "
+                    "model's weights and dtype (float16 overflows are common: try bfloat16 or float32)"
+                )
+
+
+
+def _entries(f: Tensor, sinks: _Sinks) -> SparseEntries | None:
+    """The chunk's non-zero entries when these features take the sparse path, else None; the first
+    chunk of the run decides (one host read), and only on a device of ``_SPARSE_DEVICES``."""
+    if f.device.type not in _SPARSE_DEVICES:
+        return None
+    if sinks.sparse is None:
+        ent = sparse_entries(f)
+        sinks.sparse = ent is not None
+        return ent
+    return sparse_entries(f, probe=False) if sinks.sparse else None
+
+
+def _add_tracked(tsum: Tensor, r: Tensor, f: Tensor, ent: SparseEntries | None, sinks: _Sinks) -> None:
+    """Add the chunk's tracked features to the per-prompt sums ``tsum`` [B, m] (float64: the two
+    models' sums are subtracted later). From the non-zero entries when there are (a scan of the
+    non-zeros instead of a gather of every row's m columns), the same additions in the same order."""
+    if ent is None or sinks.slots is None:
+        tsum.index_add_(0, r, f[:, sinks.track].to(torch.float64))
+        return
+    slot = sinks.slots[ent.cols]
+    keep = slot >= 0
+    tsum.view(-1).index_add_(0, r[ent.rows[keep]] * tsum.shape[1] + slot[keep], ent.vals[keep].to(torch.float64))
+
+
+def _feed(enc: Encoder, x: Tensor, batch: _Batch, sinks: _Sinks) -> None:
+    """Encode the counted rows ``x`` chunk by chunk into ``sinks``, on the encoder's device."""
     F = enc.n_features
     dev = enc.device
-    track = sinks.tracker.latents.to(dev) if sinks.tracker is not None else None
-    tsum = torch.zeros(B, len(track), dtype=torch.float64, device=dev) if track is not None else None
-    psum = torch.zeros(B, F, dtype=torch.float32, device=dev) if sinks.pilot is not None else None
-    if x.shape[0]:
-        rows = rows.to(dev)
-        step = chunk_rows(F, dev)
-        with torch.inference_mode():
-            for s in range(0, x.shape[0], step):
-                f = enc.encode(x[s : s + step])
-                r = rows[s : s + step]
-                ent = sparse_entries(f) if (sinks.stats is not None or psum is not None) else None
-                if sinks.stats is not None:
-                    sinks.stats.update(f, entries=ent)
-                if tsum is not None:
-                    tsum.index_add_(0, r, f[:, track].to(torch.float64))
-                if psum is not None:
-                    if ent is None:
-                        psum.index_add_(0, r, f.float())
-                    else:
-                        psum.view(-1).index_add_(0, r[ent.rows] * F + ent.cols, ent.vals.float())
-                del f
+    b = batch.on(dev)
+    tsum = torch.zeros(batch.size, len(sinks.track), dtype=torch.float64, device=dev) if sinks.track is not None else None
+    psum = torch.zeros(batch.size, F, dtype=torch.float32, device=dev) if sinks.pilot is not None else None
+    step = chunk_rows(F, dev)
+    with torch.inference_mode():
+        for s in range(0, x.shape[0], step):
+            f = enc.encode(x[s : s + step])
+            r = b["rows"][s : s + step]
+            ent = _entries(f, sinks) if (sinks.stats is not None or psum is not None) else None
+            if sinks.stats is not None:
+                sinks.stats.update(f, entries=ent, sparse=ent is not None)
+            if tsum is not None:
+                _add_tracked(tsum, r, f, ent, sinks)
+            if psum is not None:
+                if ent is None:
+                    psum.index_add_(0, r, f.float())
+                else:
+                    psum.view(-1).index_add_(0, r[ent.rows] * F + ent.cols, ent.vals.float())
+            del f
     if sinks.tracker is not None:
-        sinks.tracker.add(ids, tsum.cpu(), counts)
+        sinks.tracker.write(b["ids"], tsum, batch.counts, batch.host["ids"])
     if sinks.pilot is not None:
-        sinks.pilot.append((ids, psum.cpu(), counts))
+        sinks.pilot.append((b["ids"], batch.host["ids"], psum, batch.counts))
 
 
-def _run_batch(adapter: ModelAdapter, encoders: Sequence[Encoder], pb: PromptBatch, mask: Bool[Tensor, "batch pos"],
-               sinks: Sequence[_Sinks]) -> None:
-    """One forward of one model up to the deepest hook; each encoder reads its hook's masked rows."""
+def _run_batch(adapter: ModelAdapter, encoders: Sequence[Encoder], batch: _Batch, sinks: Sequence[_Sinks],
+               run: _Runner) -> None:
+    """One forward of one model up to the deepest hook; each encoder reads its hook's counted rows."""
     hooks = list(dict.fromkeys(e.hook_name for e in encoders))
-    acts = adapter.run_to_hooks(pb.tokens.to(adapter.device), hooks)
-    m = mask.to(adapter.device)
-    rows = m.nonzero()[:, 0]
-    counts = m.sum(1).cpu()
+    b = batch.on(adapter.device)
+    acts = adapter.run_to_hooks(b["tokens"], hooks)
     picked = {}
     for h in hooks:
         a = acts[h]
-        x = a[m]
-        if not bool(torch.isfinite(x).all()):
-            raise FloatingPointError(
-                f"model {adapter.name!r} produced non-finite activations at {h!r} (NaN/inf); check the "
-                "model's weights and dtype (float16 overflows are common: try bfloat16 or float32)"
-            )
-        picked[h] = x
+        picked[h] = x = a.reshape(-1, a.shape[-1]).index_select(0, b["sel"])
+        run.note_finite(adapter, h, x)
     del acts
     for enc, s in zip(encoders, sinks):
         x = picked[enc.hook_name]
@@ -226,7 +426,7 @@ def _run_batch(adapter: ModelAdapter, encoders: Sequence[Encoder], pb: PromptBat
                     adapter.name)
         # an encoder may keep its weights elsewhere (e.g. on the CPU) until its hook's rows arrive
         with (enc.attached() if hasattr(enc, "attached") else contextlib.nullcontext()):
-            _feed(enc, x, rows, m.shape[0], counts, pb.indices, s)
+            _feed(enc, x, batch, s)
 
 
 def _select_top(delta: Tensor, k: int) -> list[int]:
@@ -285,6 +485,9 @@ def stream(
     moved to ``device`` for its pass only); the statistics are identical to the joint run's, since
     every model sees the same batches in the same order either way. Sharded over the ranks of an
     initialized process group unless ``distributed`` is False; every rank returns the global result.
+
+    Statistics and per-prompt sums stay on each encoder's device during the run and nothing in the
+    per-batch loop waits for the device; values come to the host once per pilot and per run.
     """
     if not encoders:
         raise BadInput("encoders is empty; pass at least one SAE or set of directions")
@@ -294,119 +497,22 @@ def stream(
     dev = torch.device(device) if device is not None else None
     rank, world = dist_info() if distributed is not False else (0, 1)
     mine = tp.shard(rank, world)
-    E, K = len(encoders), len(models)
+    run = _Runner(models, encoders, tp, scope, batch_size, max_tokens, seed, one_model_at_a_time, dev)
     stats = [[LatentStats(e.n_features, device=e.device) for e in encoders] for _ in models]
-    on_cpu = all(a.device.type == "cpu" for a in models) and (dev is None or dev.type == "cpu")
-
-    def plan_of(idx: np.ndarray) -> list[np.ndarray]:
-        return tp.batch_plan(batch_size, max_tokens=max_tokens, seed=seed, indices=idx) if len(idx) else []
-
-    def run(batches: list[np.ndarray], sinks: list[list[_Sinks]]) -> None:
-        """Every model over ``batches``: batch-major (both models per batch) or model-major."""
-        masks: dict[int, tuple[PromptBatch, Tensor]] = {}
-
-        def batch(i: int) -> tuple[PromptBatch, Tensor]:
-            if i not in masks:
-                pb = tp.make_batch(batches[i])
-                masks[i] = (pb, pb.mask(scope))
-            return masks[i]
-
-        if one_model_at_a_time:
-            for k, adapter in enumerate(models):
-                with on_device(adapter, dev):
-                    for i in range(len(batches)):
-                        pb, mask = batch(i)
-                        _run_batch(adapter, encoders, pb, mask, sinks[k])
-                        if on_cpu:
-                            trim_heap()
-            return
-        for i in range(len(batches)):
-            pb, mask = batch(i)
-            for k, adapter in enumerate(models):
-                _run_batch(adapter, encoders, pb, mask, sinks[k])
-            del masks[i]
-            if on_cpu:
-                trim_heap()
-
-    cap = len(tp)
-    tracked: list[Tracked | None] = [None] * E
-    second = [0] * E
     if track_top <= 0:
-        trackers = [[PerPromptTracker(track[e], capacity=cap) if track is not None and track[e] is not None else None
-                     for e in range(E)] for _ in models]
-        plan = plan_of(mine)
-        run(plan, [[_Sinks(stats=stats[k][e], tracker=trackers[k][e]) for e in range(E)] for k in range(K)])
+        trackers = [[PerPromptTracker(track[e], capacity=len(tp), device=enc.device)
+                     if track is not None and track[e] is not None else None for e, enc in enumerate(encoders)]
+                    for _ in models]
+        plan = run.plan(mine)
+        run.run(plan, [[_sinks(enc, stats[k][e], trackers[k][e]) for e, enc in enumerate(encoders)]
+                       for k in range(len(models))])
     else:
-        # 1) pilot: a seeded random sample of the prompts, keeping every feature's per-prompt sums
-        #    (bounded: _PILOT_PROMPTS prompts, _PILOT_ELEMENTS values per model and encoder).
-        widest = max(e.n_features for e in encoders)
-        n_pilot = min(len(mine), max(1, min(_PILOT_PROMPTS, _PILOT_ELEMENTS // widest)))
-        pilot_idx = np.sort(np.random.default_rng(seed).choice(mine, size=n_pilot, replace=False))
-        plan_pilot, plan_rest = plan_of(pilot_idx), plan_of(np.setdiff1d(mine, pilot_idx))
-        plan = plan_pilot + plan_rest
-        pilots: list[list[list[tuple[Tensor, Tensor, Tensor]]]] = [[[] for _ in range(E)] for _ in models]
-        run(plan_pilot, [[_Sinks(stats=stats[k][e], pilot=pilots[k][e]) for e in range(E)] for k in range(K)])
-        # 2) candidates from the pilot's (global) change: a generous superset of the final top.
-        trackers = []
-        cands = []
-        for e, enc in enumerate(encoders):
-            glob = [stats[0][e], stats[1][e]]
-            if world > 1:
-                glob = [copy.deepcopy(s).reduce_distributed() for s in glob]
-            cands.append(_candidates((glob[1].mean - glob[0].mean).cpu(), track_top, enc.n_features, cap))
-        # float32 storage: the candidate set is large, and its final top is copied out in float64
-        trackers = [[PerPromptTracker(cands[e], capacity=cap, dtype=torch.float32) for e in range(E)] for _ in models]
-        for k in range(K):
-            for e in range(E):
-                for ids, sums, counts in pilots[k][e]:
-                    trackers[k][e].add(ids, sums[:, cands[e]].to(torch.float64), counts)
-        del pilots
-        # 3) the rest of the prompts, tracking only the candidates.
-        run(plan_rest, [[_Sinks(stats=stats[k][e], tracker=trackers[k][e]) for e in range(E)] for k in range(K)])
-    for row in stats:
-        for s in row:
-            if world > 1:
-                s.reduce_distributed()
-    for k in range(K):
-        for e in range(E):
-            if trackers[k][e] is not None and world > 1:
-                trackers[k][e].gather_distributed()
+        trackers, plan = _pilot_then_rest(run, stats, mine, track_top, world)
+    _to_host(stats, trackers, world)
     if track_top > 0:
-        finals = [_select_top(stats[1][e].mean.cpu() - stats[0][e].mean.cpu(), track_top) for e in range(E)]
-        extra_need = []
-        for e in range(E):
-            have = set(trackers[0][e].latents.tolist())
-            extra_need.append([j for j in finals[e] if j not in have])
-            second[e] = len(extra_need[-1])
-        extra = None
-        if any(extra_need):
-            # 4) rare: a final top feature was not among the pilot's candidates -> exact second pass.
-            extra = [[PerPromptTracker(extra_need[e], capacity=cap) if extra_need[e] else None for e in range(E)]
-                     for _ in models]
-            run(plan, [[_Sinks(tracker=extra[k][e]) for e in range(E)] for k in range(K)])
-            for row in extra:
-                for t in row:
-                    if t is not None and world > 1:
-                        t.gather_distributed()
-        for e in range(E):
-            missing = extra_need[e]
-            found = [j for j in finals[e] if j not in set(missing)]
-            parts = [(found, [trackers[k][e] for k in range(K)])]
-            if missing:
-                assert extra is not None
-                parts.append((missing, [extra[k][e] for k in range(K)]))
-            lat = torch.tensor([j for js, _ in parts for j in js], dtype=torch.long)
-            order = torch.argsort(lat)
-            sums = tuple(torch.cat([trs[k].select(js) for js, trs in parts], 1)[:, order].contiguous()
-                         for k in range(K))
-            t0 = trackers[0][e]
-            tracked[e] = Tracked(lat[order], t0.prompt_ids.clone(), t0.counts.clone(), sums)
+        tracked, second = _top_tracked(run, stats, trackers, plan, track_top, world)
     else:
-        for e in range(E):
-            if trackers[0][e] is not None:
-                t0 = trackers[0][e]
-                tracked[e] = Tracked(t0.latents.clone(), t0.prompt_ids.clone(), t0.counts.clone(),
-                                     tuple(trackers[k][e].sums for k in range(K)))
+        tracked, second = _fixed_tracked(trackers), [0] * len(encoders)
     meta = {
         "scope": scope,
         "seed": seed,
@@ -418,3 +524,90 @@ def stream(
     }
     return StreamResult(stats, tracked, n_tokens, second, meta, trackers)
 
+
+def _pilot_then_rest(run: _Runner, stats: list[list[LatentStats]], mine: np.ndarray, track_top: int,
+                     world: int) -> tuple[list[list[PerPromptTracker]], list[np.ndarray]]:
+    """Steps 1-3 of ``track_top``: a seeded pilot keeps every feature's per-prompt sums (bounded:
+    ``_PILOT_PROMPTS`` prompts, ``_PILOT_ELEMENTS`` values per model and encoder, on the device);
+    its (global) change picks a generous superset of the final top; the rest of the prompts track
+    only those candidates. Returns the trackers and the whole batch plan."""
+    encoders, K, cap = run.encoders, len(run.models), len(run.tp)
+    widest = max(e.n_features for e in encoders)
+    n_pilot = min(len(mine), max(1, min(_PILOT_PROMPTS, _PILOT_ELEMENTS // widest)))
+    pilot_idx = np.sort(np.random.default_rng(run.seed).choice(mine, size=n_pilot, replace=False))
+    plan_pilot, plan_rest = run.plan(pilot_idx), run.plan(np.setdiff1d(mine, pilot_idx))
+    pilots: list[list[list[tuple[Tensor, Tensor, Tensor, Tensor]]]] = [[[] for _ in encoders] for _ in range(K)]
+    run.run(plan_pilot, [[_sinks(enc, stats[k][e], pilot=pilots[k][e]) for e, enc in enumerate(encoders)]
+                         for k in range(K)])
+    cands = []
+    for e, enc in enumerate(encoders):
+        glob = [stats[0][e], stats[1][e]]
+        if world > 1:
+            glob = [copy.deepcopy(s).reduce_distributed() for s in glob]
+        cands.append(_candidates((glob[1].mean - glob[0].mean).cpu(), track_top, enc.n_features, cap))
+    # float32 storage: the candidate set is large, and its final top is copied out in float64
+    trackers = [[PerPromptTracker(cands[e], capacity=cap, dtype=torch.float32, device=enc.device)
+                 for e, enc in enumerate(encoders)] for _ in range(K)]
+    for e, enc in enumerate(encoders):
+        cols = cands[e].to(enc.device)
+        for k in range(K):
+            for ids, host_ids, sums, counts in pilots[k][e]:
+                trackers[k][e].write(ids, sums.index_select(1, cols), counts, host_ids)
+    del pilots
+    run.run(plan_rest, [[_sinks(enc, stats[k][e], trackers[k][e]) for e, enc in enumerate(encoders)]
+                        for k in range(K)])
+    return trackers, plan_pilot + plan_rest
+
+
+def _to_host(stats: list[list[LatentStats]], trackers: Sequence[Sequence[PerPromptTracker | None]], world: int) -> None:
+    """The run's end: per-prompt sums to the host, then the reduction over ranks."""
+    for row in trackers:
+        for t in row:
+            if t is not None:
+                t.to("cpu")
+                if world > 1:
+                    t.gather_distributed()
+    for row in stats:
+        for s in row:
+            if world > 1:
+                s.reduce_distributed()
+
+
+def _fixed_tracked(trackers: list[list[PerPromptTracker | None]]) -> list[Tracked | None]:
+    out: list[Tracked | None] = []
+    for e, t0 in enumerate(trackers[0]):
+        out.append(None if t0 is None else Tracked(t0.latents.clone(), t0.prompt_ids.clone(), t0.counts.clone(),
+                                                   tuple(row[e].sums for row in trackers)))  # type: ignore[union-attr]
+    return out
+
+
+def _top_tracked(run: _Runner, stats: list[list[LatentStats]], trackers: list[list[PerPromptTracker]],
+                 plan: list[np.ndarray], track_top: int, world: int) -> tuple[list[Tracked | None], list[int]]:
+    """Step 4 of ``track_top``: the final top changes' per-prompt sums, from the candidates' trackers,
+    and, in the rare case the pilot missed one, from an exact second pass over every prompt."""
+    E, K, cap = len(run.encoders), len(run.models), len(run.tp)
+    finals = [_select_top(stats[1][e].mean.cpu() - stats[0][e].mean.cpu(), track_top) for e in range(E)]
+    extra_need = []
+    for e in range(E):
+        have = set(trackers[0][e].latents.tolist())
+        extra_need.append([j for j in finals[e] if j not in have])
+    extra = None
+    if any(extra_need):
+        extra = [[PerPromptTracker(extra_need[e], capacity=cap, device=enc.device) if extra_need[e] else None
+                  for e, enc in enumerate(run.encoders)] for _ in range(K)]
+        run.run(plan, [[_sinks(enc, tracker=extra[k][e]) for e, enc in enumerate(run.encoders)] for k in range(K)])
+        _to_host([], extra, world)
+    tracked: list[Tracked | None] = []
+    for e in range(E):
+        missing = extra_need[e]
+        found = [j for j in finals[e] if j not in set(missing)]
+        parts = [(found, [trackers[k][e] for k in range(K)])]
+        if missing:
+            assert extra is not None
+            parts.append((missing, [extra[k][e] for k in range(K)]))  # type: ignore[misc]
+        lat = torch.tensor([j for js, _ in parts for j in js], dtype=torch.long)
+        order = torch.argsort(lat)
+        sums = tuple(torch.cat([trs[k].select(js) for js, trs in parts], 1)[:, order].contiguous() for k in range(K))
+        t0 = trackers[0][e]
+        tracked.append(Tracked(lat[order], t0.prompt_ids.clone(), t0.counts.clone(), sums))
+    return tracked, [len(m) for m in extra_need]

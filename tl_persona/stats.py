@@ -55,15 +55,16 @@ class SparseEntries:
     vals: Float[Tensor, " nnz"]
 
 
-def sparse_entries(f: Float[Tensor, "n d"]) -> SparseEntries | None:
+def sparse_entries(f: Float[Tensor, "n d"], probe: bool = True) -> SparseEntries | None:
     """The non-zero entries of ``f`` when it is sparse (under 5% non-zeros in its first rows), else None.
 
     Why: SAE latents are mostly zero; statistics from the non-zeros alone skip most of the work.
+    ``probe=False`` skips the density check (a host read of a count) and always extracts the entries:
+    for a caller that decided once, e.g. the engine per encoder and run.
     """
     if not f.is_floating_point() or f.ndim != 2 or f.shape[0] == 0:
         return None
-    probe = f[:32]
-    if int(torch.count_nonzero(probe)) >= _SPARSE_DENSITY * probe.numel():
+    if probe and int(torch.count_nonzero(f[:32])) >= _SPARSE_DENSITY * f[:32].numel():
         return None
     d = f.shape[1]
     flat = f.reshape(-1)
@@ -96,11 +97,15 @@ class LatentStats:
         self.per_prompt: PerPromptTracker | None = None
 
     # ---------------------------------------------------------------- update
-    def update(self, f: Float[Tensor, "n d_sae"], entries: "SparseEntries | None" = None) -> "LatentStats":
+    def update(self, f: Float[Tensor, "n d_sae"], entries: "SparseEntries | None" = None, *,
+               sparse: bool | None = None) -> "LatentStats":
         """Add a chunk of ``n`` tokens' latent activations (any float dtype; accumulated in float64).
 
         ``entries`` may pass the chunk's non-zero entries when the caller already extracted them
-        (:func:`sparse_entries`), to avoid a second scan.
+        (:func:`sparse_entries`), to avoid a second scan. ``sparse=False`` takes the dense path
+        without looking (no host read, no data-dependent shape: nothing waits for a GPU), ``True`` the
+        sparse one; None (default) decides from the chunk. Both paths give the same statistics up to
+        float rounding.
         """
         if f.ndim != 2 or f.shape[1] != self.d_sae:
             raise ValueError(f"expected a [n, {self.d_sae}] chunk of latent activations, got shape {tuple(f.shape)}")
@@ -110,8 +115,8 @@ class LatentStats:
         f = f.detach()
         if f.device != self._mean.device:
             self.to(f.device)
-        if entries is None:
-            entries = sparse_entries(f)
+        if entries is None and sparse is not False:
+            entries = sparse_entries(f, probe=sparse is None)
         if entries is not None:
             mean_b, m2_b, mx, fire = self._chunk_sparse(nb, entries)
         else:
@@ -123,7 +128,9 @@ class LatentStats:
 
     def _chunk_dense(self, f: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Moments of a dense chunk, shifted by the running mean (or the first row) so that float32
-        sums lose nothing to a large common offset; the shifted formulas are exact in exact math."""
+        sums lose nothing to a large common offset; the shifted formulas are exact in exact math.
+        float32 is enough within a chunk (bounded rows, shifted values); float64 is kept for the
+        running state, where millions of tokens add up."""
         nb = f.shape[0]
         if f.dtype not in (torch.float32, torch.float64):
             f = f.float()  # half-precision sums would lose the digits we keep float64 for
@@ -135,7 +142,7 @@ class LatentStats:
         del c
         mean_b = shift.to(_F64) + s1 / nb
         m2_b = s2 - s1.square() / nb
-        fire = torch.sign(f).clamp_(min=0).sum(0).round().to(torch.int64)
+        fire = (f > 0).sum(0)  # an exact count in one pass
         return mean_b, m2_b, f.amax(0).to(_F64), fire
 
     def _chunk_sparse(self, nb: int, e: "SparseEntries") -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -292,7 +299,10 @@ class PerPromptTracker:
     written in place: no small long-lived allocation per batch, which would otherwise pin the C heap
     between the large transient buffers of a forward pass and let the process's peak memory creep
     up with the number of batches. ``dtype`` is the storage type of the sums (float64; float32
-    halves the memory for large candidate sets at ~1e-7 relative precision).
+    halves the memory for large candidate sets at ~1e-7 relative precision). ``device`` (with
+    ``capacity``) keeps the sums there, e.g. on the GPU that computes them, so that :meth:`write`
+    never waits for it; the counts, known on the host, stay there. Read the results after
+    :meth:`to` ``("cpu")``.
     """
 
     def __init__(
@@ -300,10 +310,14 @@ class PerPromptTracker:
         latents: Int[Tensor, " m"] | Sequence[int],
         capacity: int | None = None,
         dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
     ) -> None:
         self.latents = torch.as_tensor(latents, dtype=torch.long).flatten().cpu()
         self.capacity = capacity
         self.dtype = dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if capacity is None and self.device.type != "cpu":
+            raise ValueError("a PerPromptTracker on a device needs a capacity (its storage is allocated once)")
         self._reset()
 
     def _reset(self) -> None:
@@ -311,8 +325,23 @@ class PerPromptTracker:
         self._sums: list[Tensor] = []
         self._counts: list[Tensor] = []
         if self.capacity is not None:
-            self._buf_sums = torch.zeros(self.capacity, len(self.latents), dtype=self.dtype)
+            self._buf_sums = torch.zeros(self.capacity, len(self.latents), dtype=self.dtype, device=self.device)
             self._buf_counts = torch.full((self.capacity,), -1, dtype=torch.int64)
+
+    def to(self, device: torch.device | str) -> "PerPromptTracker":
+        """Move the stored sums to ``device`` (in place); returns self."""
+        self.device = torch.device(device)
+        if self.capacity is not None:
+            self._buf_sums = self._buf_sums.to(self.device)
+        return self
+
+    def write(self, ids: Int[Tensor, " batch"], sums: Float[Tensor, "batch m"], counts: Int[Tensor, " batch"],
+              host_ids: Int[Tensor, " batch"] | None = None) -> None:
+        """Record a batch like :meth:`add`, without its checks and without any host read: the
+        caller guarantees unseen prompt ids within the capacity (the engine's per-batch path).
+        ``ids`` on the sums' device, ``host_ids`` (default ``ids``) and ``counts`` on the CPU."""
+        self._buf_sums.index_copy_(0, ids, sums.detach().to(self._buf_sums.dtype))
+        self._buf_counts[ids if host_ids is None else host_ids] = counts
 
     def add(
         self,
@@ -331,8 +360,7 @@ class PerPromptTracker:
                 raise ValueError(f"prompt ids must lie in [0, {self.capacity}) for this tracker's capacity")
             if bool((self._buf_counts[ids] >= 0).any()) or len(torch.unique(ids)) != len(ids):
                 raise ValueError("a prompt was recorded twice in a PerPromptTracker; each prompt must be added once")
-            self._buf_sums[ids] = sums.detach().to(device="cpu", dtype=self.dtype)
-            self._buf_counts[ids] = torch.as_tensor(counts, dtype=torch.int64).cpu()
+            self.write(ids.to(self.device), sums.to(self.device), torch.as_tensor(counts, dtype=torch.int64).cpu(), ids)
             return
         self._ids.append(ids)
         self._sums.append(sums.detach().to(self.dtype).cpu())
