@@ -406,6 +406,7 @@ def _loopback_handler(outer: LoopbackJudge, ctx: Any) -> type:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: a client that pools connections reuses them
+        disable_nagle_algorithm = True  # TCP_NODELAY, as real servers: no 40 ms delayed-ACK stall per answer
 
         def setup(self) -> None:
             if ctx is not None:  # the TLS handshake runs in this connection's own thread
