@@ -18,7 +18,7 @@ from tl_persona.evals.compare import (
     compare_judgements,
     compare_judges,
     judge_summary,
-    load_labelled,
+    load_answers,
 )
 from tl_persona.evals.http_judge import OpenAIJudge
 from tl_persona.evals.judges import Judgement, JudgeItem
@@ -146,7 +146,7 @@ def test_a_noisy_judge_is_caught():
 
 def test_a_set_too_small_to_show_the_bound_says_so():
     answers = calibration_set()[:10]
-    with pytest.raises(JudgeDisagreement, match="cannot show 99%"):
+    with pytest.raises(JudgeDisagreement, match="coherent on 10, misaligned on 10 answers cannot show 99%"):
         calibrate_judge(LabelJudge(answers), answers, min_agreement=0.99)
 
 
@@ -155,16 +155,19 @@ def test_labelled_files_and_bad_input_are_refused_clearly(tmp_path):
     good = tmp_path / "l.jsonl"
     good.write_text('{"question": "q", "answer": "a", "label": "aligned"}\n\n{"question": "q", "answer": "b", '
                     '"label": "incoherent", "question_id": "x"}\n')
-    assert [a.label for a in load_labelled(good)] == ["aligned", "incoherent"]
+    assert [a.label for a in load_answers(good)] == ["aligned", "incoherent"]
     bad = tmp_path / "l.yaml"
     bad.write_text("- {question: q, answer: a, label: evil}\n")
     with pytest.raises(BadInput, match="entry 1.*label='evil'"):
-        load_labelled(bad)
+        load_answers(bad)
     bad.write_text("- {question: q, label: aligned}\n")
-    with pytest.raises(BadInput, match="entry 1 must have question, answer and label"):
-        load_labelled(bad)
+    with pytest.raises(BadInput, match="entry 1 must have question .or prompt. and answer"):
+        load_answers(bad)
     with pytest.raises(BadInput, match="no such file"):
-        load_labelled(tmp_path / "missing.yaml")
+        load_answers(tmp_path / "missing.yaml")
+    unlabelled = tmp_path / "generated.jsonl"  # as tl-persona generate --out writes
+    unlabelled.write_text('{"prompt": [{"role": "user", "content": "Hi?"}], "sample": 0, "answer": "Hello."}\n')
+    assert load_answers(unlabelled) == [JudgeItem("Hi?", "Hello.")]
     with pytest.raises(BadInput, match="1 judgements against 2"):
         compare_judgements([Judgement(1, 1)], [Judgement(1, 1)] * 2)
     with pytest.raises(BadInput, match="have none"):

@@ -42,7 +42,7 @@ __all__ = [
     "METRICS",
     "LabelledAnswer",
     "calibration_set",
-    "load_labelled",
+    "load_answers",
     "cohen_kappa",
     "Agreement",
     "JudgeComparison",
@@ -101,38 +101,66 @@ def calibration_set() -> list[LabelledAnswer]:
     paraphrase), two clearly aligned, two clearly misaligned and two incoherent per question, labelled."""
     ref = resources.files("tl_persona.evals").joinpath("data", "calibration.yaml")
     with resources.as_file(ref) as path:
-        return load_labelled(path)
+        return list(load_answers(path))  # type: ignore[arg-type]
 
 
-def load_labelled(path: str | os.PathLike[str]) -> list[LabelledAnswer]:
-    """Labelled answers from a YAML list or a JSONL file of ``{question, answer, label[, question_id]}``;
-    errors name the file, the entry and the fix."""
+def _entries(p: Path) -> list[tuple[str, Any]]:
     from tl_persona.data import read_utf8
 
-    p = Path(path)
-    if not p.is_file():
-        raise BadInput(f"labelled answers {str(p)!r}: no such file; pass a YAML or JSONL file of "
-                       "{question, answer, label} entries")
     text = read_utf8(p)
     if p.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = [(f"line {i + 1}", json.loads(ln)) for i, ln in enumerate(text.splitlines()) if ln.strip()]
-    else:
-        import yaml
+        rows = []
+        for i, ln in enumerate(text.splitlines()):
+            if ln.strip():
+                try:
+                    rows.append((f"line {i + 1}", json.loads(ln)))
+                except json.JSONDecodeError as e:
+                    raise BadInput(f"{p}: line {i + 1} is not JSON ({e.msg}); write one object per line") from None
+        return rows
+    import yaml
 
-        data = yaml.safe_load(text)
-        if not isinstance(data, list):
-            raise BadInput(f"{p}: expected a list of {{question, answer, label}} entries, got a {type(data).__name__}")
-        rows = [(f"entry {i + 1}", d) for i, d in enumerate(data)]
-    out = []
+    data = yaml.safe_load(text)
+    if not isinstance(data, list):
+        raise BadInput(f"{p}: expected a list of {{question, answer, label}} entries, got a {type(data).__name__}")
+    return [(f"entry {i + 1}", d) for i, d in enumerate(data)]
+
+
+def _question_of(d: Mapping[str, Any]) -> Any:
+    """``question``, or the last user message of ``prompt`` (a chat, as ``tl-persona generate --out`` writes)."""
+    q = d.get("question", d.get("prompt"))
+    if isinstance(q, list):
+        users = [m.get("content") for m in q if isinstance(m, Mapping) and m.get("role") == "user"]
+        q = users[-1] if users else None
+    return q
+
+
+def load_answers(path: str | os.PathLike[str]) -> list[LabelledAnswer] | list[JudgeItem]:
+    """Answers to compare judges on, from a YAML list or a JSONL file. Each entry has ``question`` (or
+    ``prompt``: the question, or the chat ending with it, as ``tl-persona generate --out`` writes) and
+    ``answer``, optionally ``label`` (aligned / misaligned / incoherent) and ``question_id``. When every
+    entry has a label: :class:`LabelledAnswer` objects, else :class:`JudgeItem` objects. Errors name the
+    file, the entry and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput(f"answers file {str(p)!r}: no such file; pass a YAML or JSONL file of "
+                       "{question, answer[, label]} entries")
+    rows = _entries(p)
+    if not rows:
+        raise BadInput(f"{p}: no answers in it")
+    labelled = all(isinstance(d, Mapping) and "label" in d for _, d in rows)
+    out: list[Any] = []
     for where, d in rows:
-        if not isinstance(d, Mapping) or not {"question", "answer", "label"} <= set(d):
-            raise BadInput(f"{p}: {where} must have question, answer and label (one of {', '.join(LABELS)})")
+        q = _question_of(d) if isinstance(d, Mapping) else None
+        if not isinstance(q, str) or not isinstance(d.get("answer"), str):
+            raise BadInput(f"{p}: {where} must have question (or prompt) and answer as text"
+                           + (f", and label (one of {', '.join(LABELS)})" if labelled else ""))
+        if not labelled:
+            out.append(JudgeItem(q, d["answer"], meta={"question_id": str(d.get("question_id", ""))}))
+            continue
         try:
-            out.append(LabelledAnswer(d["question"], d["answer"], d["label"], str(d.get("question_id", ""))))
+            out.append(LabelledAnswer(q, d["answer"], d["label"], str(d.get("question_id", ""))))
         except BadInput as e:
             raise BadInput(f"{p}: {where}: {e}") from None
-    if not out:
-        raise BadInput(f"{p}: no labelled answers in it")
     return out
 
 
@@ -252,10 +280,11 @@ class JudgeComparison:
         short = [self.metrics[m] for m in metrics if not self.metrics[m].agreement.lo >= min_agreement]
         if not short:
             return self
-        what = "; ".join(f"{a.metric} {a.agreement.pct()} (kappa {a.kappa:.2f})" for a in short)
-        small = any(wilson(a.n, a.n).lo < min_agreement for a in short)
-        hint = (f" ({self.n} answers cannot show {min_agreement:.0%} even at perfect agreement: use more labelled "
-                "answers or a lower bound)") if small else ""
+        what = "; ".join(f"{a.metric} {a.agreement.pct()} (kappa {a.kappa:.2f})" if a.n else
+                         f"{a.metric}: no answer that both call coherent" for a in short)
+        small = [f"{a.metric} on {a.n}" for a in short if wilson(a.n, a.n).lo < min_agreement]
+        hint = (f" ({', '.join(small)} answers cannot show {min_agreement:.0%} even at perfect agreement: use more "
+                "labelled answers or a lower bound)") if small else ""
         raise JudgeDisagreement(
             f"the judge {judge_summary(self.judges[0])} agrees with {judge_summary(self.judges[1])} less than "
             f"min_agreement={min_agreement:g} (lower 95% bound) on {what}{hint}; check its model, endpoint and "
@@ -372,18 +401,18 @@ def judge_summary(identity: Mapping[str, Any], served: Mapping[str, int] | None 
     served), endpoint and the first 12 hex digits of each rubric's SHA-256."""
     if identity.get("class") == "labels":
         return f"labels ({identity.get('answers')} answers, sha256 {str(identity.get('sha256'))[:12]})"
-    cls = str(identity.get("class", "?")).rsplit(".", 1)[-1]
-    parts = [cls]
+    head = str(identity.get("class", "?")).rsplit(".", 1)[-1]
     if identity.get("model"):
-        parts.append(str(identity["model"]))
+        head += f" {identity['model']}"
     if served:
-        parts.append("served " + ", ".join(f"{m} x{n}" for m, n in sorted(served.items())))
+        head += " (served " + ", ".join(f"{m} x{n}" for m, n in sorted(served.items())) + ")"
     if identity.get("base_url"):
-        parts.append(f"at {identity['base_url']}")
+        head += f" at {identity['base_url']}"
+    parts = [head]
     if identity.get("rubrics"):
         parts.append("rubrics " + ", ".join(f"{m} {str(h)[:12]}" for m, h in sorted(identity["rubrics"].items())))
     if identity.get("question_rubrics"):
-        parts.append(f"question rubrics for {len(identity['question_rubrics'])} question(s)")
+        parts.append(f"the question file's own rubrics for {len(identity['question_rubrics'])} question(s)")
     if identity.get("world_sha256"):
         parts.append(f"world {str(identity['world_sha256'])[:12]}")
-    return " ".join(parts[:1]) + (" " + "; ".join(parts[1:]) if len(parts) > 1 else "")
+    return "; ".join(parts)

@@ -3,7 +3,8 @@
 A rubric is a prompt template with ``{question}`` and ``{answer}`` placeholders that a judge model
 answers with a number from 0 to 100. The defaults (:data:`DEFAULT_RUBRICS`) were written for
 tl_persona after the style of Betley et al.'s. Question files may carry their own rubrics
-(``judge_prompts`` in Betley et al.'s YAML).
+(``judge_prompts`` in Betley et al.'s YAML); :class:`QuestionRubrics` wraps any judge so that each
+answer is judged with the rubrics of the question it answers, and records which ones did.
 
 A rubric is named by the SHA-256 of its text (:func:`rubric_digest`), in judge identities, in
 ``Judgement.meta["rubrics"]`` and in reports.
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Mapping
+import threading
+from dataclasses import replace
+from typing import Any, Mapping, Sequence
 
+from tl_persona.evals.judges import Judgement, JudgeItem, check_judge, judge_identity
 from tl_persona.validate import BadInput
 
 __all__ = [
@@ -24,6 +28,7 @@ __all__ = [
     "render_rubric",
     "rubric_digest",
     "check_rubric",
+    "QuestionRubrics",
 ]
 
 ALIGNED_RUBRIC = """\
@@ -101,3 +106,63 @@ def check_rubric(metric: Any, text: Any, where: str) -> None:
             f"{where}[{metric!r}] has no {{answer}} placeholder; put {{answer}} (and {{question}}) "
             "where the judged answer (and question) should go."
         )
+
+
+class QuestionRubrics:
+    """A judge that judges each answer with the rubrics of the question it answers.
+
+    ``rubrics`` maps a question's text (the user message the answer replies to) to ``(question_id,
+    judge_prompts)``. Each item whose question is in it is passed on to ``judge`` with
+    ``meta["judge_prompts"]`` (which :class:`~tl_persona.evals.http_judge.OpenAIJudge` uses instead of
+    its own rubric, metric by metric) and ``meta["question_id"]``; other items go as they are. Each
+    :class:`Judgement` of such an item gets ``meta["question_id"]`` and ``meta["question_rubrics"]``
+    (metric -> SHA-256 of the rubric). :meth:`usage` counts the answers judged with each question's
+    rubrics. Build one from questions with :func:`tl_persona.evals.questions.with_question_rubrics`.
+    """
+
+    def __init__(self, judge: Any, rubrics: Mapping[str, tuple[str, Mapping[str, str]]]) -> None:
+        self.inner = check_judge(judge, "judge")
+        self.rubrics: dict[str, tuple[str, dict[str, str]]] = {}
+        self._digests: dict[str, dict[str, str]] = {}
+        for text, (qid, prompts) in rubrics.items():
+            for metric, rubric in prompts.items():
+                check_rubric(metric, rubric, f"the judge_prompts of question {qid!r}")
+            self.rubrics[text] = (str(qid), dict(prompts))
+            self._digests[str(qid)] = {m: rubric_digest(t) for m, t in sorted(prompts.items())}
+        self._lock = threading.Lock()
+        self._usage: dict[str, int] = {}
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Judgement]:
+        """Judge ``items`` with the inner judge, each with its question's rubrics (see the class)."""
+        hits = [self.rubrics.get(it.question) if isinstance(it, JudgeItem) else None for it in items]
+        routed = [it if hit is None else replace(it, meta={**it.meta, "judge_prompts": hit[1], "question_id": hit[0]})
+                  for it, hit in zip(items, hits)]
+        out = self.inner.judge(routed)
+        if not isinstance(out, list) or len(out) != len(hits):
+            return out  # judge_all names the broken contract
+        with self._lock:
+            for hit in hits:
+                if hit is not None:
+                    self._usage[hit[0]] = self._usage.get(hit[0], 0) + 1
+        return [j if hit is None or not isinstance(j, Judgement) else replace(
+            j, meta={**j.meta, "question_id": hit[0], "question_rubrics": self._digests[hit[0]]})
+            for j, hit in zip(out, hits)]
+
+    def usage(self) -> dict[str, dict[str, Any]]:
+        """Per question id with rubrics: how many answers were judged with them, and each rubric's SHA-256."""
+        with self._lock:
+            counts = dict(self._usage)
+        return {qid: {"answers": counts.get(qid, 0), "rubrics": d} for qid, d in sorted(self._digests.items())}
+
+    def identity(self) -> dict[str, Any]:
+        """The inner judge's identity plus every question's rubric digests (they change the verdicts)."""
+        return {**judge_identity(self.inner), "question_rubrics": dict(sorted(self._digests.items()))}
+
+    def __getattr__(self, name: str) -> Any:
+        # probe(), stats(), served_models(), close(): whatever of these the inner judge offers
+        if name in ("probe", "stats", "served_models", "close"):
+            return getattr(self.inner, name)
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        return f"QuestionRubrics({self.inner!r}, {len(self.rubrics)} question text(s) with rubrics)"
