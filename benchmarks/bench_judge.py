@@ -24,8 +24,8 @@ path: the server answers 503 to every 10th request (a deterministic 10%), concur
 0.05 s; and, for the new judge, the cache: filling it at concurrency 32, then the same items again
 (served from the cache, 0 HTTP requests).
 
-    python benchmarks/bench_judge.py            # about 40 s
-    python benchmarks/bench_judge.py --quick    # about 15 s
+    python benchmarks/bench_judge.py            # about 60 s
+    python benchmarks/bench_judge.py --quick    # about 25 s
 """
 
 from __future__ import annotations
@@ -209,18 +209,19 @@ class Bench:
         return self.kinds[kind]("bench-judge-2024-08-06", base_url=self.mock.url, api_key="sk-bench", api_key_env=None,
                                 max_concurrency=c, timeout=10.0, max_retries=5, backoff=0.05, max_backoff=0.2, **kw)
 
-    def run_once(self, judge: Any, items: list[Any]) -> tuple[float, dict[str, Any], int]:
-        """One timing: seconds, the server's counters, the judge's retries."""
+    def run_once(self, judge: Any, items: list[Any]) -> tuple[float, dict[str, Any], int, float]:
+        """One timing: seconds, the server's counters, the judge's retries, this process's CPU seconds."""
         self.mock.set(self.lat, fail_every=self.fail_every)
         retries = judge.stats()["retries"]
+        cpu = time.process_time()
         seconds = timed(lambda: judge.judge(items))
-        return seconds, self.mock.stats(), judge.stats()["retries"] - retries
+        return seconds, self.mock.stats(), judge.stats()["retries"] - retries, time.process_time() - cpu
 
     def concurrency(self, c: int, fail_every: int = 0) -> None:
         """Every client at concurrency ``c``, taking turns on each repeat."""
         self.fail_every = fail_every
         n = max(2 * self.rounds, self.rounds * c) * (2 if fail_every else 1)
-        runs: dict[str, list[tuple[float, dict[str, Any], int]]] = {k: [] for k in self.kinds}
+        runs: dict[str, list[tuple[float, dict[str, Any], int, float]]] = {k: [] for k in self.kinds}
         judges = {k: self.judge(k, c) for k in self.kinds}
         try:
             for r in range(self.args.repeats):
@@ -232,8 +233,9 @@ class Bench:
         for kind, rs in runs.items():
             self.row(kind, c, n, rs, fail_every)
 
-    def row(self, kind: str, c: int, n: int, rs: list[tuple[float, dict[str, Any], int]], fail_every: int) -> None:
+    def row(self, kind: str, c: int, n: int, rs: list[tuple[float, dict[str, Any], int, float]], fail_every: int) -> None:
         med = statistics.median(r[0] for r in rs)
+        cpu = statistics.median(r[3] for r in rs) / n * 1000
         conns = max(r[1]["connections"] for r in rs)
         retries = statistics.median(r[2] for r in rs)
         ideal = c / self.lat
@@ -245,7 +247,7 @@ class Bench:
         if kind == "after" and worst > c:
             self.failures.append(f"after, {what}: {worst} connections beyond the retries (target <= {c})")
         self.rows.append([kind, what, str(n), f"{med:.3f}", f"{n / med:.1f}", f"{ideal:.0f}", f"**{ratio:.0%}**",
-                          str(conns), f"{retries:g}"])
+                          str(conns), f"{retries:g}", f"{cpu:.2f}"])
 
     def cache(self) -> None:
         """The new judge's cache: filling it at concurrency 32, then the same items again."""
@@ -264,14 +266,14 @@ class Bench:
         if any(sent):
             self.failures.append(f"cache hits sent {sent} HTTP requests")
         self.rows.append(["after", "filling the cache, concurrency 32", str(n), f"{fill:.3f}", f"{n / fill:.1f}",
-                          f"{32 / self.lat:.0f}", f"{n / fill / (32 / self.lat):.0%}", "-", "0"])
+                          f"{32 / self.lat:.0f}", f"{n / fill / (32 / self.lat):.0%}", "-", "0", "-"])
         self.rows.append(["after", "cache hits (the same items again)", str(n), f"{hit:.4f}", f"{n / hit:,.0f}", "-", "-",
-                          f"0 ({max(sent)} requests)", "0"])
+                          f"0 ({max(sent)} requests)", "0", "-"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer requests per measurement (about 15 s in all)")
+    ap.add_argument("--quick", action="store_true", help="fewer requests per measurement (about 25 s in all)")
     ap.add_argument("--latency", type=float, default=0.05, help="server latency per request, seconds (default 0.05)")
     ap.add_argument("--repeats", type=int, default=3, help="timings per measurement; the median is reported")
     ap.add_argument("--before", default="689519b", help="git revision of the 'before' judge, or 'none' to skip it")
@@ -304,7 +306,7 @@ def report(args: argparse.Namespace, bench: Bench) -> None:
           f"request; median of {args.repeats} timings; before = {args.before}; Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, load average {load[0]:.1f}" + (" (--quick)" if args.quick else "") + "\n")
     head = ["judge", "path", "requests", "median s", "requests/s", "ideal (c / latency)", "ratio",
-            "connections opened", "retries"]
+            "connections opened", "retries", "client CPU ms / request"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for row in bench.rows:
