@@ -57,6 +57,15 @@ def _add_sae_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hook-name", default=None, help="override the SAE's hook point")
 
 
+def _add_judge_opts(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--judge", default=default, help=f"'organism' (exact judge) or 'openai' (HTTP judge); default {default}")
+    p.add_argument("--judge-url", default="https://api.openai.com/v1", help="OpenAI-compatible base URL")
+    p.add_argument("--judge-model", default="gpt-4o-2024-08-06")
+    p.add_argument("--judge-cache", default=None, help="SQLite cache file for judge answers")
+    p.add_argument("--allow-insecure", action="store_true",
+                   help="send the API key over plain http to a non-loopback judge URL (refused by default)")
+
+
 def _add_prompt_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", default=None,
                    help="prompt file: JSONL ({messages}/{prompt}/{text}), CSV or YAML questions, token ids (.pt tensor "
@@ -142,12 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-controls", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--positions", default="prompt", choices=[*SELECTIONS, "generated"])
-    p.add_argument("--judge", default="organism", help="'organism' (exact judge) or 'openai' (HTTP judge)")
-    p.add_argument("--judge-url", default="https://api.openai.com/v1", help="OpenAI-compatible base URL")
-    p.add_argument("--judge-model", default="gpt-4o-2024-08-06")
-    p.add_argument("--judge-cache", default=None, help="SQLite cache file for judge answers")
-    p.add_argument("--allow-insecure", action="store_true",
-                   help="send the API key over plain http to a non-loopback judge URL (refused by default)")
+    _add_judge_opts(p, "organism")
     p.add_argument("--suppress", nargs="*", default=["ablate"], choices=[k for k in intervention_names(uses_strength=False)
                                                                           if k != "none"],
                    help="interventions run on the fine-tuned model besides negative steering (default: ablate)")
@@ -845,12 +849,7 @@ COMMANDS.update({"screen": cmd_screen, "predict": cmd_predict})
 def _add_compare_command(sub: Any) -> None:
     p = sub.add_parser("compare-judges", help="how far a judge agrees with labels or with another judge on the same "
                                               "answers: agreement, Cohen's kappa with intervals, confusion tables")
-    p.add_argument("--judge", default="openai", help="'openai' (HTTP judge, default) or 'organism' (exact judge)")
-    p.add_argument("--judge-url", default="https://api.openai.com/v1", help="OpenAI-compatible base URL")
-    p.add_argument("--judge-model", default="gpt-4o-2024-08-06")
-    p.add_argument("--judge-cache", default=None, help="SQLite cache file for judge answers (shared by both judges)")
-    p.add_argument("--allow-insecure", action="store_true",
-                   help="send the API key over plain http to a non-loopback judge URL (refused by default)")
+    _add_judge_opts(p, "openai")
     p.add_argument("--against", default="labels",
                    help="'labels' (the answers' own labels, default), or a second judge: 'openai' or 'organism'")
     p.add_argument("--against-url", default=None, help="the second HTTP judge's base URL (default: --judge-url)")
