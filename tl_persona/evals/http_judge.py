@@ -186,10 +186,16 @@ class _RedactKeys(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: weakref.WeakSet[_Secret] = weakref.WeakSet()
+        self._lock = threading.Lock()  # judges are made in one thread while others log
+        self._secrets: weakref.WeakSet[_Secret] = weakref.WeakSet()
+
+    def add(self, secret: _Secret) -> None:
+        with self._lock:
+            self._secrets.add(secret)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        keys = [k for k in (s.reveal() for s in list(self.secrets)) if len(k) >= 4]
+        with self._lock:
+            keys = [k for k in (s.reveal() for s in list(self._secrets)) if len(k) >= 4]
         if keys:
             msg = text = record.getMessage()
             for k in keys:
@@ -298,7 +304,7 @@ class OpenAIJudge:
         self._stats = {"requests": 0, "retries": 0, "cache_hits": 0, "cache_misses": 0}
         self._served: dict[str, int] = {}
         if self._secret is not None:
-            _LOG_FILTER.secrets.add(self._secret)
+            _LOG_FILTER.add(self._secret)
 
     @classmethod
     def azure(
