@@ -168,8 +168,12 @@ class Mock:
 def before_judge_class(rev: str) -> type:
     """OpenAIJudge as it was at ``rev`` (its module text from git, loaded inside tl_persona.evals so that
     its relative imports resolve)."""
-    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:tl_persona/evals/http_judge.py"],
-                          capture_output=True, text=True, check=True).stdout
+    try:
+        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:tl_persona/evals/http_judge.py"],
+                              capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"bench_judge: cannot read the 'before' judge at {rev} from git ({e}); "
+                         "pass --before REV of this repository, or --before none") from None
     name = "tl_persona.evals._bench_before_http_judge"
     spec = importlib.util.spec_from_loader(name, loader=None)
     module = importlib.util.module_from_spec(spec)
