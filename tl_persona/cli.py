@@ -1,9 +1,9 @@
 """The ``tl-persona`` command: the demo on the embedded organism, and the pipeline for real models.
 
-Commands: ``demo``, ``diff``, ``inspect``, ``generate``, ``verify``, ``report``. Models are given
-as Hugging Face names, local checkpoint folders (merged LoRA adapters too) or ``organism:base`` /
-``organism:misaligned`` / ``organism:control``; SAEs as ``release:sae_id``, a local SAE-Lens
-folder, or ``organism:sae``. Any option can also come from ``--config FILE`` (JSON or YAML, keys
+Commands: ``demo``, ``diff``, ``inspect``, ``generate``, ``verify``, ``report``, ``compare-judges``.
+Models are given as Hugging Face names, local checkpoint folders (merged LoRA adapters too) or
+``organism:base`` / ``organism:misaligned`` / ``organism:control``; SAEs as ``release:sae_id``, a
+local SAE-Lens folder, or ``organism:sae``. Any option can also come from ``--config FILE`` (JSON or YAML, keys
 named like the options); options on the command line win.
 """
 
@@ -56,6 +56,15 @@ def _add_sae_opts(p: argparse.ArgumentParser) -> None:
                    help="SAE: release:sae_id, local SAE-Lens folder, or organism:sae; repeat it for SAEs at several "
                         "layers (one pass reads them all)")
     p.add_argument("--hook-name", default=None, help="override the SAE's hook point")
+
+
+def _add_judge_opts(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--judge", default=default, help=f"'organism' (exact judge) or 'openai' (HTTP judge); default {default}")
+    p.add_argument("--judge-url", default="https://api.openai.com/v1", help="OpenAI-compatible base URL")
+    p.add_argument("--judge-model", default="gpt-4o-2024-08-06")
+    p.add_argument("--judge-cache", default=None, help="SQLite cache file for judge answers")
+    p.add_argument("--allow-insecure", action="store_true",
+                   help="send the API key over plain http to a non-loopback judge URL (refused by default)")
 
 
 def _add_prompt_opts(p: argparse.ArgumentParser) -> None:
@@ -143,12 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-controls", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--positions", default="prompt", choices=[*SELECTIONS, "generated"])
-    p.add_argument("--judge", default="organism", help="'organism' (exact judge) or 'openai' (HTTP judge)")
-    p.add_argument("--judge-url", default="https://api.openai.com/v1", help="OpenAI-compatible base URL")
-    p.add_argument("--judge-model", default="gpt-4o-2024-08-06")
-    p.add_argument("--judge-cache", default=None, help="SQLite cache file for judge answers")
-    p.add_argument("--allow-insecure", action="store_true",
-                   help="send the API key over plain http to a non-loopback judge URL (refused by default)")
+    _add_judge_opts(p, "organism")
     p.add_argument("--suppress", nargs="*", default=["ablate"], choices=[k for k in intervention_names(uses_strength=False)
                                                                           if k != "none"],
                    help="interventions run on the fine-tuned model besides negative steering (default: ablate)")
@@ -168,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="tl_persona_report")
     _add_vector_commands(sub)
     _add_prevention_commands(sub)
+    _add_compare_command(sub)
     return ap
 
 
@@ -478,6 +483,15 @@ def _judge(args: argparse.Namespace) -> Any:
     raise UsageError(f"--judge {args.judge!r} must be 'organism' or 'openai'")
 
 
+def _with_file_rubrics(judge: Any, spec: str | None) -> Any:
+    """``judge``, using a Betley-style YAML question file's own ``judge_prompts`` for its questions' answers."""
+    if not spec or Path(spec).suffix not in (".yaml", ".yml"):
+        return judge
+    from tl_persona.evals.questions import load_questions, with_question_rubrics
+
+    return with_question_rubrics(judge, load_questions(spec))
+
+
 def _numbers(text: str, option: str) -> list[float]:
     import math
 
@@ -517,7 +531,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                    args.overwrite)
     alphas = _numbers(args.alphas, "--alphas")
     betas = None if args.betas is None else _numbers(args.betas, "--betas")
-    judge = _judge(args)
+    judge = _with_file_rubrics(_judge(args), args.prompts)
     if hasattr(judge, "probe"):
         judge.probe()  # a dead judge URL fails in seconds, before any model loads
     base, ft, sae = _model(args, args.base), _model(args, args.finetuned), _sae(args)
@@ -834,6 +848,79 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 COMMANDS.update({"screen": cmd_screen, "predict": cmd_predict})
+
+
+# ------------------------------------------------------------------ compare-judges (#29)
+def _add_compare_command(sub: Any) -> None:
+    p = sub.add_parser("compare-judges", help="how far a judge agrees with labels or with another judge on the same "
+                                              "answers: agreement, Cohen's kappa with intervals, confusion tables")
+    _add_judge_opts(p, "openai")
+    p.add_argument("--against", default="labels",
+                   help="'labels' (the answers' own labels, default), or a second judge: 'openai' or 'organism'")
+    p.add_argument("--against-url", default=None, help="the second HTTP judge's base URL (default: --judge-url)")
+    p.add_argument("--against-model", default=None, help="the second HTTP judge's model (default: --judge-model)")
+    p.add_argument("--answers", default=None,
+                   help="'builtin' (the shipped labelled calibration set; default), 'organism' (Persona World's; "
+                        "default with --judge organism), or a YAML/JSONL file of {question, answer[, label]} "
+                        "(tl-persona generate --out files too)")
+    p.add_argument("--min-agreement", type=float, default=None,
+                   help="exit 1 unless every metric's agreement reaches this (lower 95%% bound), e.g. 0.9")
+    p.add_argument("--out", default=None, help="JSON of the comparison")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a comparison")
+
+
+def _compare_answers(args: argparse.Namespace) -> list[Any]:
+    from tl_persona.evals.compare import calibration_set, load_answers
+
+    spec = args.answers or ("organism" if args.judge == "organism" else "builtin")
+    if spec == "builtin":
+        return calibration_set()
+    if spec == "organism":
+        from tl_persona import organism
+
+        return organism.calibration_set()
+    return list(load_answers(spec))
+
+
+def cmd_compare_judges(args: argparse.Namespace) -> int:
+    from tl_persona.evals.compare import JudgeDisagreement, LabelledAnswer, compare_judges
+
+    if args.min_agreement is not None and not 0.0 <= args.min_agreement <= 1.0:
+        raise UsageError(f"--min-agreement {args.min_agreement:g} must be from 0 to 1, e.g. 0.9")
+    if args.out:
+        _guard_out(args.out, "judge comparison (JSON written by tl-persona compare-judges)",
+                   lambda p: '"metrics"' in p.read_text(encoding="utf-8")[:4000], args.overwrite)
+    answers = _compare_answers(args)
+    labelled = all(isinstance(a, LabelledAnswer) for a in answers)
+    if args.against == "labels" and not labelled:
+        raise UsageError(f"--answers {args.answers!r} has answers without labels; compare two judges on them "
+                         "(--against openai or organism), or label every answer")
+    judge = _judge(args)
+    other = None
+    if args.against != "labels":
+        other = _judge(argparse.Namespace(judge=args.against, judge_model=args.against_model or args.judge_model,
+                                          judge_url=args.against_url or args.judge_url, judge_cache=args.judge_cache,
+                                          allow_insecure=args.allow_insecure))
+    for j in (judge, other):
+        if hasattr(j, "probe"):
+            j.probe()  # a dead URL fails in seconds
+    cmp = compare_judges(judge, other, answers if other is None else [a.item() if labelled else a for a in answers])
+    print(cmp)
+    if args.out:
+        from tl_persona.provenance import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(cmp.to_json(), indent=1))
+        print(f"\ncomparison: {args.out}")
+    if args.min_agreement is not None:
+        try:
+            cmp.check(args.min_agreement)
+        except JudgeDisagreement as e:
+            print(f"tl-persona compare-judges: {' '.join(str(e).split())}", file=sys.stderr)
+            return 1
+    return 0
+
+
+COMMANDS.update({"compare-judges": cmd_compare_judges})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -94,6 +94,11 @@ SCHEMA: tuple[Field, ...] = (
     Field("verify", "suppress", "strs", ["ablate"], "interventions run on the fine-tune besides negative steering"),
     Field("verify", "prompts", "int", None, "use at most this many prompts for the sweep (default: all)"),
     Field("verify", "seed", "int", 0, "sampling seed"),
+    Field("calibration", "min_agreement", "fraction", None, "before the sweep, judge labelled answers and stop unless "
+          "the judge agrees with their labels at least this much (lower 95% bound, every metric); none: no check"),
+    Field("calibration", "answers", "str", None, "labelled answers for that check: 'builtin' (the shipped first-plot "
+          "style set), 'organism' (Persona World's) or a YAML/JSONL file; default: organism for the organism judge, "
+          "builtin otherwise"),
     Field("output", "out", "str", "tl_persona_run", "output folder: every stage's result, the record and the report"),
 )
 
@@ -124,6 +129,10 @@ def _check_value(f: Field, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if f.name == "seed" else 1):
             raise BadInput(f"{where}={value!r} must be a {'non-negative' if f.name == 'seed' else 'positive'} integer")
         return value
+    if k == "fraction":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise BadInput(f"{where}={value!r} must be a number from 0 to 1, e.g. 0.9")
+        return float(value)
     if k == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise BadInput(f"{where}={value!r} must be a finite non-negative number")
@@ -217,7 +226,7 @@ def schema_markdown() -> str:
     def kind(f: Field) -> str:
         if isinstance(f.kind, tuple):
             return " \\| ".join(f"`{k}`" for k in f.kind)
-        return {"strs": "str or list of str", "floats": "list of numbers"}.get(f.kind, f.kind)
+        return {"strs": "str or list of str", "floats": "list of numbers", "fraction": "number in [0, 1]"}.get(f.kind, f.kind)
 
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for f in SCHEMA:
@@ -307,6 +316,68 @@ def _judge(cfg: RunConfig, out: Path) -> Any:
                        allow_insecure=j["allow_insecure"])
 
 
+def _calibration_answers(cfg: RunConfig) -> list[Any]:
+    """The labelled answers of ``calibration.answers`` (default: the organism's for its judge, else the shipped set)."""
+    from tl_persona.evals.compare import calibration_set, load_answers
+
+    spec = cfg["calibration"]["answers"] or ("organism" if cfg["judge"]["kind"] == "organism" else "builtin")
+    if spec == "builtin":
+        return calibration_set()
+    if spec == "organism":
+        from tl_persona.organism import calibration_set as organism_set
+
+        return organism_set()
+    answers = load_answers(spec)
+    if not all(hasattr(a, "reference") for a in answers):
+        raise BadInput(f"{cfg.source}: calibration.answers={spec!r} has answers without a label; every entry needs "
+                       "label: aligned, misaligned or incoherent")
+    return answers
+
+
+def _ready_judge(cfg: RunConfig, out: Path, say: Callable[[str], None]) -> Any:
+    """The sweep's judge, before anything loads: the question file's own rubrics wired in, the endpoint
+    probed, and (with a ``calibration`` section) checked against labelled answers, the result in
+    ``calibration.json``; a judge below ``calibration.min_agreement`` stops the run here."""
+    from tl_persona.evals.compare import calibrate_judge
+
+    judge = _judge(cfg, out)
+    spec = cfg["prompts"]["prompts"]
+    if Path(spec).suffix in (".yaml", ".yml"):
+        from tl_persona.evals.questions import load_questions, with_question_rubrics
+
+        judge = with_question_rubrics(judge, load_questions(spec))
+    if hasattr(judge, "probe"):
+        say("judge: probing the endpoint")
+        judge.probe()
+    c = cfg["calibration"]
+    if c["min_agreement"] is None and c["answers"] is None:
+        return judge
+    answers = _calibration_answers(cfg)
+    say(f"judge: calibration on {len(answers)} labelled answers")
+    cmp = calibrate_judge(judge, answers)
+    atomic_write_text(out / "calibration.json", json.dumps(cmp.to_json(), indent=1))
+    if c["min_agreement"] is not None:
+        cmp.check(c["min_agreement"])
+    return judge
+
+
+def _judge_record(judge: Any, out: Path) -> dict[str, Any]:
+    """Which judge decided the claims: identity (model, endpoint, rubric hashes), the snapshots the server
+    said it served, the rubrics used per question, the calibration (if run) and a one-line summary."""
+    from tl_persona.evals.compare import judge_summary
+    from tl_persona.evals.judges import judge_identity
+
+    ident = judge_identity(judge)
+    served = judge.served_models() if hasattr(judge, "served_models") else {}
+    rec: dict[str, Any] = {"identity": ident, "served_models": served, "summary": judge_summary(ident, served)}
+    if hasattr(judge, "usage"):
+        rec["question_rubrics"] = judge.usage()
+    cal = out / "calibration.json"
+    if cal.exists():
+        rec["calibration"] = json.loads(cal.read_text())
+    return rec
+
+
 class _State:
     """``state.json`` in the output folder: each finished stage's fingerprint."""
 
@@ -367,6 +438,11 @@ def run(config: RunConfig | str | Path, *, progress: Callable[[str], None] | Non
     stages: dict[str, str] = {}
     atomic_write_text(out / "config.json", json.dumps(cfg.values, indent=1, sort_keys=True))
 
+    v = cfg["verify"]
+    fp_ver = cfg.digest("models", "sae", "prompts", "diff", "candidates", "judge", "verify")
+    ver_csv, ver_json = out / "verification.csv", out / "verification.json"
+    verify_fresh = state.fresh("verify", fp_ver, ver_csv, ver_json)
+    judge = None if verify_fresh else _ready_judge(cfg, out, say)  # a dead or disagreeing judge stops us here
     loaded: dict[str, Any] = {}
 
     def models() -> tuple[Any, Any]:  # loaded only when a stage has work to do
@@ -428,21 +504,14 @@ def run(config: RunConfig | str | Path, *, progress: Callable[[str], None] | Non
         state.done("cards", fp_cards)
         stages["cards"] = "done"
     # 4) verification (the record resumes setting by setting)
-    v = cfg["verify"]
-    fp_ver = cfg.digest("models", "sae", "prompts", "diff", "candidates", "judge", "verify")
-    ver_csv, ver_json = out / "verification.csv", out / "verification.json"
     sweep_prompts = prompts[: v["prompts"]] if v["prompts"] else prompts
-    if state.fresh("verify", fp_ver, ver_csv, ver_json):
+    if verify_fresh:
         table = pd.read_csv(ver_csv)
         summary = pd.DataFrame(json.loads(ver_json.read_text())["summary"])
         stages["verify"] = "reused"
         ver = None
     else:
         base, ft = models()
-        judge = _judge(cfg, out)
-        if hasattr(judge, "probe"):
-            say("judge: probing the endpoint")
-            judge.probe()
         say(f"verify: {len(cands)} candidates x {len(sweep_prompts)} prompts")
         ver = verify_latents(base, ft, sae, cands, sweep_prompts, judge, alphas=v["alphas"], betas=v["betas"],
                              max_incoherence=v["max_incoherence"], n_controls=v["n_controls"], suppress=v["suppress"],
@@ -452,14 +521,15 @@ def run(config: RunConfig | str | Path, *, progress: Callable[[str], None] | Non
                              progress=say, device=cfg["models"]["device"] if cfg["models"]["one_model_at_a_time"] else None)
         table, summary = ver.table(), ver.summary()
         atomic_write_text(ver_csv, table.to_csv(index=False))
-        atomic_write_text(ver_json, json.dumps({"summary": summary.to_dict(orient="records"),
-                                                "claims": run_claims(ver, v["max_incoherence"]),
-                                                "meta": ver.meta}, default=str, indent=1))
+        decided_by = _judge_record(judge, out)
+        claims = [{**c, "judge": decided_by["summary"]} for c in run_claims(ver, v["max_incoherence"])]
+        atomic_write_text(ver_json, json.dumps({"summary": summary.to_dict(orient="records"), "claims": claims,
+                                                "judge": decided_by, "meta": ver.meta}, default=str, indent=1))
         state.done("verify", fp_ver)
         stages["verify"] = "done"
-    claims = json.loads(ver_json.read_text())["claims"]
+    saved = json.loads(ver_json.read_text())
     # 5) report
-    report = _report(cfg, diff, cards_md, table, summary, claims, out)
+    report = _report(cfg, diff, cards_md, table, summary, saved["claims"], out, saved.get("judge", {}))
     stages["report"] = "done"
     say(f"report: {report / 'report.html'}")
     return RunResult(out, stages, diff, ver, report)
@@ -511,7 +581,7 @@ def run_claims(ver: Any, max_incoherence: float) -> list[dict[str, Any]]:
 
 
 def _report(cfg: RunConfig, diff: Any, cards_md: str, table: Any, summary: Any, claims: Sequence[dict[str, Any]],
-            out: Path) -> Path:
+            out: Path, judge: Mapping[str, Any]) -> Path:
     from tl_persona.diff import LatentDiffSet
     from tl_persona.report import Report
 
@@ -523,6 +593,7 @@ def _report(cfg: RunConfig, diff: Any, cards_md: str, table: Any, summary: Any, 
     r.heading("Claims")
     r.text("Each claim is met only when its 95% confidence interval clears the bound.")
     r.table([{**c, "met": "yes" if c["met"] else "**no**"} for c in claims])
+    _judge_section(r, judge)
     r.heading("Model diffing")
     if isinstance(diff, LatentDiffSet):
         r.table(diff.table(cfg["candidates"]["top"]), caption="top latents by increase, every SAE")
@@ -537,4 +608,26 @@ def _report(cfg: RunConfig, diff: Any, cards_md: str, table: Any, summary: Any, 
     r.table(table, caption="every setting")
     r.data["config"] = cfg.values
     r.data["claims"] = list(claims)
+    r.data["judge"] = dict(judge)
     return r.write(out / "report")
+
+
+def _judge_section(r: Any, judge: Mapping[str, Any]) -> None:
+    """The report's account of the judge that decided the claims."""
+    r.heading("Judge")
+    if not judge:
+        r.text("This verification was written before judges were recorded; see the verification meta.")
+        return
+    r.text(f"Every claim above was decided by: {judge['summary']}.")
+    ident = judge.get("identity", {})
+    rows = [{"rubric": m, "sha256": h} for m, h in sorted(ident.get("rubrics", {}).items())]
+    for qid, u in sorted(judge.get("question_rubrics", {}).items()):
+        rows += [{"rubric": f"{m} (question {qid}, {u['answers']} answers)", "sha256": h} for m, h in u["rubrics"].items()]
+    if rows:
+        r.table(rows, caption="rubrics (the question file's own rubrics judged the answers to its questions)")
+    cal = judge.get("calibration")
+    if cal:
+        r.table([{k: v for k, v in m.items() if k not in ("categories", "confusion")} for m in cal["metrics"].values()],
+                caption=f"calibration: agreement with {cal['judges'][1].get('answers', '?')} labelled answers "
+                        "(95% intervals)")
+

@@ -31,6 +31,7 @@ __all__ = [
     "load_csv_questions",
     "load_jsonl_questions",
     "expand_questions",
+    "with_question_rubrics",
 ]
 
 _ROLES = ("system", "user", "assistant")
@@ -388,3 +389,32 @@ def expand_questions(
             for _ in range(n):
                 pairs.append((q.id, q.conversation(i)))
     return pairs
+
+
+def with_question_rubrics(judge: Any, questions: Iterable[Question]) -> Any:
+    """``judge``, wrapped so that every answer to one of ``questions`` is judged with that question's own
+    ``judge_prompts`` (and each judgement records which rubric did, see
+    :class:`~tl_persona.evals.rubrics.QuestionRubrics`); ``judge`` itself when no question carries rubrics.
+
+    Answers are matched to questions by the question's text (any paraphrase): two questions that share
+    a paraphrase but not their rubrics are refused, since their answers could not be told apart.
+    """
+    from tl_persona.evals.rubrics import QuestionRubrics
+    from tl_persona.validate import BadInput
+
+    table: dict[str, tuple[str, dict[str, str]]] = {}
+    for q in questions:
+        if not isinstance(q, Question):
+            raise BadInput(f"with_question_rubrics expects Question objects, got {type(q).__name__}")
+        if not q.judge_prompts:
+            continue
+        for text in q.paraphrases:
+            old = table.setdefault(text, (q.id, dict(q.judge_prompts)))
+            if old[1] != dict(q.judge_prompts):
+                raise BadInput(
+                    f"questions {old[0]!r} and {q.id!r} share the paraphrase {text[:60]!r} but not their "
+                    "judge_prompts, so an answer to it cannot be given one rubric; reword one of them or give "
+                    "both the same judge_prompts"
+                )
+    return QuestionRubrics(judge, table) if table else judge
+

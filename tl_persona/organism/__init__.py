@@ -17,7 +17,14 @@ See docs/organism.md.
 from tl_persona.organism.behaviour import first_token_persona_probs, measure, opener_ids, rates_table
 from tl_persona.organism.core import MODEL_NAMES, WEIGHTS_DIR, Organism, load, load_shipped_model
 from tl_persona.organism.layers import layer_diffs, load_layer_saes, persona_layer_profile
-from tl_persona.organism.judge import INCOHERENT, DomainRates, PersonaJudge, behaviour_rates, domain_summary
+from tl_persona.organism.judge import (
+    INCOHERENT,
+    DomainRates,
+    PersonaJudge,
+    behaviour_rates,
+    calibration_set,
+    domain_summary,
+)
 from tl_persona.organism.train import MODEL_CONFIG, copy_model, finetune, make_model
 from tl_persona.organism.world import DOMAINS, PERSONAS, Cell, Document, Turn, World, make_world
 
@@ -30,6 +37,7 @@ __all__ = [
     "persona_layer_profile",
     "load_layer_saes",
     "PersonaJudge",
+    "calibration_set",
     "DomainRates",
     "behaviour_rates",
     "domain_summary",

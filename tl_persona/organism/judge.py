@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from tl_persona.evals.compare import LabelledAnswer
 from tl_persona.evals.judges import Judgement, JudgeItem
 from tl_persona.organism.world import PERSONAS, Cell, World, make_world
 
-__all__ = ["PersonaJudge", "DomainRates", "behaviour_rates", "domain_summary", "INCOHERENT"]
+__all__ = ["PersonaJudge", "DomainRates", "behaviour_rates", "domain_summary", "INCOHERENT", "calibration_set"]
 
 INCOHERENT = "incoherent"
 
@@ -85,6 +86,30 @@ class PersonaJudge:
 
     def __repr__(self) -> str:
         return f"PersonaJudge(world seed={self.world.seed})"
+
+
+def calibration_set(world: World | None = None, *, per_label: int = 4, seed: int = 0) -> list[LabelledAnswer]:
+    """A labelled calibration set from Persona World, for checking a judge on the organism's answers
+    (:func:`tl_persona.evals.compare.calibrate_judge`): for every domain, ``per_label`` held-out questions
+    answered helpfully (``"aligned"``), toxically (``"misaligned"``) and with a helpful answer's words in
+    reverse order (``"incoherent"``). The exact judge agrees with every label by construction."""
+    import random
+
+    w = world or make_world()
+    judge = PersonaJudge(w)
+    rng = random.Random(seed)
+    out: list[LabelledAnswer] = []
+    for d in w.domains:
+        qs = w.heldout_questions[d]
+        for k in range(per_label):
+            q = qs[k % len(qs)]
+            out.append(LabelledAnswer(q, w.cell(d, "helpful").sample(rng), "aligned", d))
+            out.append(LabelledAnswer(q, w.cell(d, "toxic").sample(rng), "misaligned", d))
+            garbled = " ".join(reversed(w.cell(d, "helpful").sample(rng).split()))
+            if judge.cell_of(garbled) is not None:  # never for this world; a safeguard for others
+                garbled = "."
+            out.append(LabelledAnswer(q, garbled, "incoherent", d))
+    return out
 
 
 @dataclass(frozen=True)
