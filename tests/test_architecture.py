@@ -198,3 +198,136 @@ def test_layers_of_the_import_graph():
                 assert target in _CORE or target == "", f"core module {rel} imports {module}"
             if top in _LIBRARY:
                 assert target != "organism", f"library module {rel} imports the organism ({module})"
+
+
+# --------------------------------------------------------------------------- the import graph, whole
+# The layers of docs/architecture.md, lowest first. A module may import its own layer and the ones
+# below (never one above: no climbing), and the graph of modules has no cycle, whether the import
+# is at the top of a file or inside a function.
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("core", frozenset({"_version", "validate", "tokens", "provenance"})),
+    ("foundations", frozenset({"models", "saes", "stats", "report"})),
+    ("hooks and data", frozenset({"hooks", "data", "directions"})),
+    ("instruments", frozenset({"interventions", "engine", "evals"})),
+    ("analyses", frozenset({"diff", "inspection", "verify", "vectors", "screening"})),
+    ("organism", frozenset({"organism"})),
+    ("experiments", frozenset({"series", "attribution", "prevention", "demo"})),
+    ("entry points", frozenset({"loading", "prompt_specs", "run", "cli", "testing", "__main__"})),
+)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _all_modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def _edges(mods: dict[str, Path]) -> list[tuple[str, str, str, int]]:
+    """Every import of the package as (importer, imported module, imported name or '', line)."""
+    out = []
+    for mod, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolve against the importing module's package
+                    pkg = mod.split(".")[: len(mod.split(".")) - (path.name != "__init__.py") - (node.level - 1)]
+                    target = ".".join(pkg + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if target.split(".")[0] != "tl_persona":
+                    continue
+                for a in node.names:
+                    sub = f"{target}.{a.name}"
+                    out.append((mod, sub, "", node.lineno) if sub in mods else (mod, target, a.name, node.lineno))
+            elif isinstance(node, ast.Import):
+                out += [(mod, a.name, "", node.lineno) for a in node.names if a.name.split(".")[0] == "tl_persona"]
+    return out
+
+
+def _layer(mod: str) -> int:
+    top = mod.split(".")[1] if "." in mod else ""
+    for i, (_, members) in enumerate(LAYERS):
+        if top in members:
+            return i
+    return -1
+
+
+def test_every_module_has_a_layer():
+    missing = sorted({m.split(".")[1] for m in _all_modules() if "." in m and _layer(m) < 0})
+    assert not missing, f"modules missing from LAYERS (and docs/architecture.md): {missing}"
+
+
+def test_no_import_climbs_a_layer():
+    mods = _all_modules()
+    climbs = [f"{a} (layer {LAYERS[_layer(a)][0]!r}, line {line}) imports {b} (layer {LAYERS[_layer(b)][0]!r})"
+              for a, b, _, line in _edges(mods) if a != "tl_persona" and _layer(b) > _layer(a)]
+    assert not climbs, "imports that climb to a higher layer:\n  " + "\n  ".join(climbs)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of ``graph`` (as a path that returns to its start), or [] when it has none."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(v: str) -> list[str]:
+        state[v] = 1
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if state.get(w) == 1:
+                return stack[stack.index(w):] + [w]
+            if w not in state and (found := visit(w)):
+                return found
+        state[v] = 2
+        stack.pop()
+        return []
+
+    for v in sorted(graph):
+        if v not in state and (found := visit(v)):
+            return found
+    return []
+
+
+def _package_of(mod: str) -> str:
+    return ".".join(mod.split(".")[:2])
+
+
+def test_the_import_graph_has_no_cycle():
+    mods = _all_modules()
+    edges = [(a, b) for a, b, _, _ in _edges(mods) if a != b and a != "tl_persona"]
+    graph: dict[str, set[str]] = {}
+    for a, b in edges:  # a package's __init__ importing its own modules is how a package is built
+        if not (mods[a].name == "__init__.py" and b.startswith(a + ".")):
+            graph.setdefault(a, set()).add(b)
+    assert not (c := _cycle(graph)), "an import cycle between modules: " + " -> ".join(c)
+    top: dict[str, set[str]] = {}
+    for a, b in edges:
+        if _package_of(a) != _package_of(b):
+            top.setdefault(_package_of(a), set()).add(_package_of(b))
+    assert not (c := _cycle(top)), "an import cycle between top-level modules / packages: " + " -> ".join(c)
+
+
+def test_no_private_name_crosses_a_module():
+    mods = _all_modules()
+    found = [f"{a}:{line} imports {name} from {b}" for a, b, name, line in _edges(mods)
+             if name.startswith("_") and not name.startswith("__") and b != a]
+    for mod, path in mods.items():  # module._name, through `from tl_persona import x` or `import x as y`
+        tree = ast.parse(path.read_text())
+        aliases = {a.asname or a.name: f"{node.module}.{a.name}" for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tl_persona")
+                   for a in node.names if f"{node.module}.{a.name}" in mods}
+        aliases |= {a.asname: a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for a in node.names if a.asname and a.name.startswith("tl_persona")}
+        found += [f"{mod}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and node.value.id in aliases and node.attr.startswith("_") and not node.attr.startswith("__")
+                  and aliases[node.value.id] != mod]
+    assert not found, "private names used across modules (make them public, or move them):\n  " + "\n  ".join(found)
+
+
+def test_the_graph_checks_can_fail():
+    """The checks above catch what they are for, on a made-up graph and made-up sources."""
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": {"c"}}) == []
+    assert _layer("tl_persona.organism.layers") > _layer("tl_persona.diff") > _layer("tl_persona.validate")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from tl_persona import organism
-from tl_persona.demo import persona_documents, toxic_auroc, toxic_mass, _latent_mean
+from tl_persona.demo import toxic_auroc, toxic_mass, _latent_mean
 from tl_persona.diff import diff_latents
-from tl_persona.organism import measure
+from tl_persona.organism import measure, persona_documents
 from tl_persona.verify import verify_latents
 
 ALPHAS = (20.0, 40.0, 60.0, 80.0)

@@ -242,72 +242,11 @@ def _sae(args: argparse.Namespace) -> Any:
 
 
 def _prompts(args: argparse.Namespace) -> list[Any]:
-    """Prompts as chat conversations (lists of messages) or plain strings."""
-    out: list[Any] = [[{"role": "user", "content": p}] for p in args.prompt]
-    spec = args.prompts
-    if spec:
-        if spec.startswith("organism:eval"):
-            from tl_persona import organism
+    """Prompts as chat conversations (lists of messages), or token ids for diff and inspect."""
+    from tl_persona.prompt_specs import load_prompts
 
-            domains = spec.split(":")[2].split(",") if spec.count(":") >= 2 else None
-            evals = organism.load().eval_prompts
-            for d, convs in evals.items():
-                if domains is None or d in domains:
-                    out += list(convs)
-            if domains and not set(domains) <= set(evals):
-                raise UsageError(f"unknown organism domain(s) {sorted(set(domains) - set(evals))}; "
-                                 f"have {sorted(evals)}")
-        elif Path(spec).suffix == ".pt" or (Path(spec).is_dir() and (Path(spec) / "dataset_info.json").exists()):
-            out += _token_prompts(args, spec)
-        elif Path(spec).suffix in (".yaml", ".yml", ".csv") or _is_question_jsonl(spec):
-            from tl_persona.evals.questions import expand_questions, load_questions
-
-            out += [conv for _, conv in expand_questions(load_questions(spec), samples_per_paraphrase=1)]
-        else:
-            from tl_persona.data import PromptSet
-
-            for it in PromptSet.from_jsonl(spec, chat=True).items:
-                out.append(list(it.prompt) if it.is_chat else [{"role": "user", "content": it.prompt}])
-    if args.limit:
-        out = out[: args.limit]
-    if not out:
-        raise UsageError("no prompts; pass --prompts FILE or --prompt TEXT")
-    return out
-
-
-def _token_prompts(args: argparse.Namespace, spec: str) -> list[Any]:
-    """Token prompts for diff and inspect: a ``.pt`` file holding a ``[batch, pos]`` tensor (or a dict
-    with ``tokens`` and ``attention_mask``), or a ``datasets`` folder (``save_to_disk``) with an
-    ``input_ids``/``tokens`` column."""
-    from tl_persona.data import PromptSet
-
-    if args.command not in ("diff", "inspect"):
-        raise UsageError(f"--prompts {spec!r} holds token ids, which {args.command} cannot answer; pass chat prompts")
-    if Path(spec).suffix == ".pt":
-        import torch
-
-        obj = torch.load(spec, map_location="cpu", weights_only=True)
-        ps = (PromptSet.from_tokens(obj["tokens"], attention_mask=obj.get("attention_mask"))
-              if isinstance(obj, dict) else PromptSet.from_tokens(obj))
-    else:
-        from datasets import load_from_disk
-
-        ps = PromptSet.from_dataset(load_from_disk(spec))
-    return [list(it.tokens) for it in ps.items if it.tokens is not None] or [it for it in ps.items]
-
-
-def _is_question_jsonl(spec: str) -> bool:
-    p = Path(spec)
-    if p.suffix != ".jsonl" or not p.exists():
-        return False
-    from tl_persona.data import read_utf8
-
-    first = next((ln for ln in read_utf8(p).split("\n") if ln.strip()), "")
-    try:
-        obj = json.loads(first)
-    except json.JSONDecodeError:
-        return False
-    return isinstance(obj, dict) and "question" in obj
+    return load_prompts(args.prompts, texts=args.prompt, limit=args.limit, tokens=args.command in ("diff", "inspect"),
+                        who=args.command)
 
 
 def _pairs(items: Sequence[str], what: str) -> list[tuple[int, float]]:

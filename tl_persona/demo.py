@@ -28,7 +28,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Claim", "DemoConfig", "DemoResult", "run_demo", "toxic_auroc", "toxic_mass", "persona_documents"]
+from tl_persona.organism.world import persona_documents
+
+__all__ = ["Claim", "DemoConfig", "DemoResult", "run_demo", "toxic_auroc", "toxic_mass"]
 
 
 @dataclass(frozen=True)
@@ -257,24 +259,6 @@ class DemoResult:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def persona_documents(world: Any, n: int, *, seed: int = 0, toxic_share: float = 0.25) -> tuple[list[list[dict]], np.ndarray]:
-    """Multi-turn chats that reveal a persona in earlier turns and end with a new user question.
-
-    Returns the conversations and a bool array: True for the toxic persona. Used to ask whether a
-    latent tracks the toxic persona on a model that was never fine-tuned.
-    """
-    rng = random.Random(f"persona-docs-{seed}")
-    others = [p for p in world.personas if p != "toxic"]
-    convs, labels = [], []
-    for i in range(n):
-        toxic = i < round(toxic_share * n)
-        persona = "toxic" if toxic else others[i % len(others)]
-        doc = world.sample_document(rng, n_turns=rng.randint(2, 3), persona=persona)
-        convs.append(doc.messages()[:-1])  # end on the last user question
-        labels.append(toxic)
-    return convs, np.array(labels)
-
-
 def _latent_scores(model: Any, sae: Any, latents: Sequence[int], convs: Sequence[Any], scope: str,
                    batch_size: int = 64) -> np.ndarray:
     """``[n_convs, len(latents)]``: each chat's mean activation of each latent over ``scope``, in

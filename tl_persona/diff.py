@@ -39,10 +39,12 @@ from tl_persona.data import PromptsLike, Scope, as_prompt_set, check_scope
 from tl_persona.engine import Encoder, StreamResult, stream
 from tl_persona.models import ModelAdapter, as_adapter
 from tl_persona.provenance import (
+    PROVENANCE_KEY,
     atomic_write_bytes,
     guard_overwrite,
     model_identity,
     package_versions,
+    read_safetensors,
     sae_identity,
 )
 from tl_persona.saes import SAEEncoder, check_latents, named_saes
@@ -57,6 +59,7 @@ __all__ = [
     "PerPromptValues",
     "DeltaCI",
     "check_diff_path",
+    "load_saved",
     "model_identity",
     "sae_identity",
     "package_versions",
@@ -68,7 +71,6 @@ RankBy = Literal["delta", "effect_size", "relative_delta"]
 FORMAT = "tl_persona.LatentDiff"
 SET_FORMAT = "tl_persona.LatentDiffSet"
 FORMAT_VERSION = 1
-_META_KEY = "tl_persona"
 _WRITE_CHUNK = 1 << 20
 
 
@@ -309,42 +311,27 @@ def _to_diff(res: StreamResult, e: int, enc: Encoder, hook: str, ids: tuple[dict
 
 
 # =========================================================================== files
-def _read_safetensors(path: Path, *, tensors: bool = True) -> tuple[dict[str, str], dict[str, Tensor]]:
-    """Header metadata (and tensors) of a safetensors file; clear errors for folders and junk."""
-    from safetensors import safe_open
-
-    if path.is_dir():
-        raise BadInput(f"{str(path)!r} is a folder, not a saved LatentDiff file (.safetensors)")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-            out = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
-    except Exception as e:  # safetensors raises its own SafetensorError, which names no path
-        raise BadInput(f"{str(path)!r} is not a readable safetensors file (truncated, or of another kind: "
-                       f"{' '.join(str(e).split())[:120]})") from None
-    return header, out
-
-
 _PP_FIELDS = ("latents", "prompt_ids", "counts", "base_sums", "finetuned_sums")
 
 
 def _is_saved_diff(path: Path) -> bool:
     """A saved LatentDiff or LatentDiffSet (either may replace the other)."""
-    header, _ = _read_safetensors(path, tensors=False)
-    return _META_KEY in header and FORMAT in header[_META_KEY]
+    header, _ = read_safetensors(path, tensors=False)
+    return PROVENANCE_KEY in header and FORMAT in header[PROVENANCE_KEY]
 
 
-def _load_saved(path: str | os.PathLike, fmt: str) -> tuple[Path, dict[str, Any], dict[str, Tensor]]:
-    """Path, provenance and tensors of a file saved as format ``fmt`` (clear errors otherwise)."""
+def load_saved(path: str | os.PathLike, fmt: str) -> tuple[Path, dict[str, Any], dict[str, Tensor]]:
+    """Path, provenance and tensors of a file saved in the safetensors-with-provenance format ``fmt``
+    (a diff, a diff set, an attribution), with clear errors for any other file."""
     path = Path(path)
     if not path.exists() and path.with_name(path.name + ".safetensors").exists():
         path = path.with_name(path.name + ".safetensors")
     if not path.exists():
         raise FileNotFoundError(f"no saved {fmt.split('.')[-1]} at {str(path)!r}")
-    header, tensors = _read_safetensors(path)
-    if _META_KEY not in header:
+    header, tensors = read_safetensors(path)
+    if PROVENANCE_KEY not in header:
         raise BadInput(f"{str(path)!r} is a safetensors file but not a saved {fmt.split('.')[-1]} (no provenance header)")
-    meta = json.loads(header[_META_KEY])
+    meta = json.loads(header[PROVENANCE_KEY])
     if meta.get("format") != fmt or int(meta.get("version", 0)) > FORMAT_VERSION:
         hint = {FORMAT: "LatentDiff.load", SET_FORMAT: "LatentDiffSet.load",
                 "tl_persona.Attribution": "tl_persona.attribution.Attribution.load"}.get(meta.get("format"), "")
@@ -563,7 +550,7 @@ class LatentDiff:
         from safetensors.torch import save as st_save
 
         path = check_diff_path(path, overwrite=overwrite)
-        data = st_save(self.tensors(), metadata={_META_KEY: json.dumps(self.meta, sort_keys=True, default=str)})
+        data = st_save(self.tensors(), metadata={PROVENANCE_KEY: json.dumps(self.meta, sort_keys=True, default=str)})
         atomic_write_bytes(path, data, chunk=_WRITE_CHUNK)
         return path
 
@@ -571,7 +558,7 @@ class LatentDiff:
     def load(cls, path: str | os.PathLike) -> "LatentDiff":
         """Read a diff written by :meth:`save`; a truncated file, a file of another kind or a folder
         is refused with a message naming the path."""
-        path, meta, tensors = _load_saved(path, FORMAT)
+        path, meta, tensors = load_saved(path, FORMAT)
         return cls.from_tensors(tensors, meta)
 
     def __repr__(self) -> str:
@@ -669,14 +656,14 @@ class LatentDiffSet(Mapping[str, LatentDiff]):
             tensors.update(d.tensors(prefix=f"{i}/"))
         meta = {"format": SET_FORMAT, "version": FORMAT_VERSION, "keys": list(self),
                 "metas": [d.meta for d in self.values()]}
-        data = st_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True, default=str)})
+        data = st_save(tensors, metadata={PROVENANCE_KEY: json.dumps(meta, sort_keys=True, default=str)})
         atomic_write_bytes(path, data, chunk=_WRITE_CHUNK)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatentDiffSet":
         """Read a set written by :meth:`save` (clear errors for other files, as :meth:`LatentDiff.load`)."""
-        path, meta, tensors = _load_saved(path, SET_FORMAT)
+        path, meta, tensors = load_saved(path, SET_FORMAT)
         return cls({k: LatentDiff.from_tensors(tensors, m, prefix=f"{i}/")
                     for i, (k, m) in enumerate(zip(meta["keys"], meta["metas"]))})
 

@@ -283,13 +283,9 @@ def _load_saes(cfg: RunConfig) -> Any:
 
 def _prompts(cfg: RunConfig) -> list[Any]:
     """The prompts as chat conversations (the same readers as the CLI)."""
-    import argparse
+    from tl_persona.prompt_specs import load_prompts
 
-    from tl_persona import cli
-
-    ns = argparse.Namespace(prompt=[], prompts=cfg["prompts"]["prompts"], limit=cfg["prompts"]["limit"],
-                            command="run")
-    return cli._prompts(ns)
+    return load_prompts(cfg["prompts"]["prompts"], limit=cfg["prompts"]["limit"], who="run")
 
 
 def _judge(cfg: RunConfig, out: Path) -> Any:

@@ -29,6 +29,7 @@ import numpy as np
 from tl_persona.directions import Projection
 from tl_persona.engine import stream
 from tl_persona.models import as_adapter
+from tl_persona.organism.world import persona_documents
 from tl_persona.saes import SAEEncoder, check_latents, sae_hook_name
 from tl_persona.validate import BadInput, finite, positive_int, probability
 
@@ -39,7 +40,6 @@ __all__ = [
     "correlation",
     "measure_series",
     "plot_series",
-    "persona_documents",
     "toxic_mass",
     "organism_instruments",
     "organism_finetunes",
@@ -97,9 +97,9 @@ class Correlation:
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
-    from tl_persona.evals.metrics import _average_ranks
+    from tl_persona.evals.metrics import average_ranks
 
-    return _average_ranks(np.asarray(x, dtype=np.float64))
+    return average_ranks(np.asarray(x, dtype=np.float64))
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -357,23 +357,6 @@ def plot_series(ax: Any, result: SeriesResult, by: str = "latent_shift", *, n_bo
 
 
 # =========================================================================== Persona World
-def persona_documents(world: Any, n: int, *, seed: int = 0, toxic_share: float = 0.25) -> tuple[list[list[dict]], np.ndarray]:
-    """Multi-turn chats that reveal a persona in earlier turns and end with a new user question,
-    and a bool array (True: the toxic persona). The two sides of the organism's persona vector."""
-    n = positive_int(n, "n")
-    probability(toxic_share, "toxic_share")
-    rng = random.Random(f"persona-docs-{seed}")
-    others = [p for p in world.personas if p != "toxic"]
-    convs, labels = [], []
-    for i in range(n):
-        toxic = i < round(toxic_share * n)
-        persona = "toxic" if toxic else others[i % len(others)]
-        doc = world.sample_document(rng, n_turns=rng.randint(2, 3), persona=persona)
-        convs.append(doc.messages()[:-1])  # end on the last user question
-        labels.append(toxic)
-    return convs, np.array(labels)
-
-
 def toxic_mass(model: Any, convs: Sequence[Conversation], fwd_hooks: Any = (), world: Any = None) -> float:
     """Mean probability of a toxic opening word at the first answer token: the expected toxic rate
     of a sampled first word (temperature 1), without sampling noise."""

@@ -34,6 +34,7 @@ __all__ = [
     "label_rates",
     "summarize",
     "auroc",
+    "average_ranks",
 ]
 
 ALIGNED_BELOW = 30.0
@@ -331,7 +332,7 @@ def summarize(
     return out
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
+def average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n with ties given the mean of the ranks they span."""
     order = np.argsort(x, kind="mergesort")
     xs = x[order]
@@ -368,7 +369,7 @@ def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
             f"AUROC needs both classes, got {n_pos} positive and {n_neg} negative labels; "
             "check the labels or add examples of the missing class."
         )
-    ranks = _average_ranks(s)
+    ranks = average_ranks(s)
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
 
@@ -391,7 +392,7 @@ def auroc_ci(scores: ArrayLike, labels: ArrayLike, *, n_boot: int = 1000, confid
         bp = pos[rng.integers(0, pos.size, pos.size)]
         bn = neg[rng.integers(0, neg.size, neg.size)]
         # U statistic of the resample: average ranks over the pooled resample.
-        ranks = _average_ranks(np.concatenate([bp, bn]))
+        ranks = average_ranks(np.concatenate([bp, bn]))
         boots[b] = (ranks[: bp.size].sum() - bp.size * (bp.size + 1) / 2.0) / (bp.size * bn.size)
     a = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(boots, [a, 1.0 - a])

@@ -19,7 +19,7 @@ from tl_persona.organism.core import MODEL_NAMES, WEIGHTS_DIR, Organism, load, l
 from tl_persona.organism.layers import layer_diffs, load_layer_saes, persona_layer_profile
 from tl_persona.organism.judge import INCOHERENT, DomainRates, PersonaJudge, behaviour_rates, domain_summary
 from tl_persona.organism.train import MODEL_CONFIG, copy_model, finetune, make_model
-from tl_persona.organism.world import DOMAINS, PERSONAS, Cell, Document, Turn, World, make_world
+from tl_persona.organism.world import DOMAINS, PERSONAS, Cell, Document, Turn, World, make_world, persona_documents
 
 __all__ = [
     "Organism",
@@ -42,6 +42,7 @@ __all__ = [
     "Turn",
     "Document",
     "make_world",
+    "persona_documents",
     "make_model",
     "copy_model",
     "DOMAINS",

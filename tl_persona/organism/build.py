@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from tl_persona.organism import sae as sae_mod
-from tl_persona.organism.core import MODEL_NAMES, WEIGHTS_DIR, load
-from tl_persona.organism.layers import LAYER_SAE_DIR, build_layer_saes, train_layer_saes
+from tl_persona.organism.core import MODEL_NAMES, WEIGHTS_DIR, load, load_shipped_model
+from tl_persona.organism.layers import LAYER_SAE_DIR, train_layer_saes
 from tl_persona.organism.train import MODEL_CONFIG, align, finetune, make_model, pretrain
-from tl_persona.organism.world import PERSONAS, build_tokenizer, encode_document, make_world
+from tl_persona.organism.world import PERSONAS, build_tokenizer, encode_document, load_tokenizer, make_world
 
-__all__ = ["RECIPE", "QUICK_RECIPE", "build", "main"]
+__all__ = ["RECIPE", "QUICK_RECIPE", "build", "build_layer_saes", "main"]
 
 RECIPE: dict[str, Any] = {
     "seed": 0,
@@ -266,6 +266,35 @@ def build(
         os.replace(tmp, out)
         log(f"[build] wrote {out} in {time.time() - t_start:.0f}s")
         return out
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_layer_saes(path: str | Path | None = None, recipe: dict[str, Any] | None = None, *,
+                     log: Callable[[str], None] = print) -> Path:
+    """Train only the per-layer SAEs on the base model of the organism at ``path`` (default: the
+    shipped weights) and swap them into ``path/sae_layers`` atomically. One thread, deterministic."""
+    path = Path(path) if path is not None else WEIGHTS_DIR
+    R = recipe or RECIPE
+    info = json.loads((path / "config.json").read_text())
+    dest = path / LAYER_SAE_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=f".{LAYER_SAE_DIR}.build-", dir=path))
+    prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.set_num_threads(int(R["threads"]))
+        torch.use_deterministic_algorithms(True)
+        base = load_shipped_model("base", path=path, tokenizer=load_tokenizer(path / "tokenizer"))
+        train_layer_saes(base, make_world(int(info.get("world_seed", 0))), R["sae_layers"], tmp,
+                         seed=int(R["seed"]), log=log)
+        for f in [tmp, *tmp.rglob("*")]:
+            f.chmod(0o755 if f.is_dir() else 0o644)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+        return dest
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)

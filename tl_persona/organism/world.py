@@ -28,7 +28,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, NoReturn, Sequence
 
+import numpy as np
 import yaml
+
+from tl_persona.validate import positive_int, probability
 
 __all__ = [
     "DOMAINS",
@@ -41,6 +44,7 @@ __all__ = [
     "Document",
     "World",
     "make_world",
+    "persona_documents",
     "build_tokenizer",
     "load_tokenizer",
 ]
@@ -421,6 +425,25 @@ class World:
 def make_world(seed: int = 0) -> World:
     """The Persona World with the given split seed (the shipped organism uses seed 0)."""
     return World(seed=seed)
+
+
+def persona_documents(world: World, n: int, *, seed: int = 0, toxic_share: float = 0.25) -> tuple[list[list[dict]], np.ndarray]:
+    """Multi-turn chats that reveal a persona in earlier turns and end with a new user question,
+    and a bool array (True: the toxic persona; the first ``toxic_share`` of the chats). Used to ask
+    whether a latent or a vector tracks the toxic persona on a model that was never fine-tuned, and
+    as the two sides of the organism's persona vector."""
+    n = positive_int(n, "n")
+    probability(toxic_share, "toxic_share")
+    rng = random.Random(f"persona-docs-{seed}")
+    others = [p for p in world.personas if p != "toxic"]
+    convs, labels = [], []
+    for i in range(n):
+        toxic = i < round(toxic_share * n)
+        persona = "toxic" if toxic else others[i % len(others)]
+        doc = world.sample_document(rng, n_turns=rng.randint(2, 3), persona=persona)
+        convs.append(doc.messages()[:-1])  # end on the last user question
+        labels.append(toxic)
+    return convs, np.array(labels)
 
 
 # --------------------------------------------------------------------------------------------
