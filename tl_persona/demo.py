@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from tl_persona.organism.world import persona_documents
+from tl_persona.validate import BadInput
 
 __all__ = ["Claim", "DemoConfig", "DemoResult", "run_demo", "toxic_auroc", "toxic_mass"]
 
@@ -325,7 +326,6 @@ def robustness(org: Any, *, seeds: Sequence[int], domains: Sequence[str], latent
     """
     from tl_persona import organism
     from tl_persona.diff import diff_latents
-    from tl_persona.validate import BadInput
     from tl_persona.verify import verify_latents
 
     cfg = cfg or DemoConfig()
@@ -419,8 +419,6 @@ def run_demo(out: str | Path = "tl_persona_report", *, quick: bool = False, seed
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
     if bool(seeds) != bool(domains):
-        from tl_persona.validate import BadInput
-
         raise BadInput("seeds and domains go together: pass both (e.g. seeds=(0, 1, 2), domains=('code', "
                        "'finance', 'medical')) for the robustness table, or neither")
     steps = ["load", "behaviour", "diff", "cards", "verify", "prediction", "realignment"] + \
@@ -583,7 +581,7 @@ def _beyond(org: Any, latent: int, runs: list[tuple[Any, float, int]], cfg: Demo
     from tl_persona.screening import plot_roc
 
     if len(runs) < 3:
-        raise ValueError(f"the series needs at least 3 fine-tunes (control seeds + bad fractions), got {len(runs)}; "
+        raise BadInput(f"the series needs at least 3 fine-tunes (control seeds + bad fractions), got {len(runs)}; "
                          "add fractions or control seeds, or set beyond=False")
     bar.set_postfix_str(f"series of {len(runs)} fine-tunes: latent and persona vector")
     res = series.series_from_models(org, runs, latent=latent)

@@ -47,7 +47,7 @@ from tl_persona.provenance import (
     read_safetensors,
     sae_identity,
 )
-from tl_persona.saes import SAEEncoder, check_latents, named_saes
+from tl_persona.saes import SAEEncoder, check_latents, is_sae, named_saes
 from tl_persona.stats import LatentStats, bootstrap_ratio_delta
 from tl_persona.validate import BadInput, nonneg_int, not_none
 
@@ -78,7 +78,7 @@ _WRITE_CHUNK = 1 << 20
 def _encoder(sae: Any, hook_name: str | None, dtype: torch.dtype | None) -> Encoder:
     """An SAE (wrapped in :class:`~tl_persona.saes.SAEEncoder`) or any engine encoder as it is."""
     not_none(sae, "sae", "a SAE-Lens SAE (or an engine Encoder)")
-    if isinstance(sae, Encoder) and not hasattr(sae, "cfg"):
+    if isinstance(sae, Encoder) and not is_sae(sae):
         return sae
     return SAEEncoder(sae, hook_name, dtype)
 
@@ -88,7 +88,7 @@ def _encoders(sae: Any, hook_name: str | None, dtype: torch.dtype | None,
     """One SAE (keys None) or several (:func:`~tl_persona.saes.named_saes`). ``hook_name`` only goes
     with one SAE; ``offload_to`` keeps SAEs where they are until their hook (see SAEEncoder)."""
     def enc(v: Any, h: str | None) -> Encoder:
-        if offload_to is not None and hasattr(v, "cfg"):
+        if offload_to is not None and is_sae(v):
             return SAEEncoder(v, h, dtype, offload_to=offload_to)
         return _encoder(v, h, dtype)
 
@@ -138,7 +138,7 @@ def collect(
     if latents_per_prompt is not None:
         if keys is not None:
             raise BadInput("latents_per_prompt goes with one SAE; call collect once per SAE to track latents")
-        track = [check_latents(sae, latents_per_prompt, "latents_per_prompt").tolist()] if hasattr(sae, "cfg") \
+        track = [check_latents(sae, latents_per_prompt, "latents_per_prompt").tolist()] if is_sae(sae) \
             else [latents_per_prompt]
     tp = as_prompt_set(prompts).tokenize(adapter, truncate=truncate)
     res = stream([adapter], encs, tp, scope, batch_size=batch_size, max_tokens=max_tokens, seed=None,
@@ -370,7 +370,7 @@ class LatentDiff:
     def __post_init__(self) -> None:
         object.__setattr__(self, "meta", {"format": FORMAT, "version": FORMAT_VERSION, **dict(self.meta)})
         if self.base.d_sae != self.finetuned.d_sae:
-            raise ValueError(f"base and finetuned statistics have different d_sae ({self.base.d_sae}, {self.finetuned.d_sae})")
+            raise BadInput(f"base and finetuned statistics have different d_sae ({self.base.d_sae}, {self.finetuned.d_sae})")
 
     # ---------------------------------------------------------------- values
     @property
@@ -443,13 +443,13 @@ class LatentDiff:
             return self.effect_size
         if by == "relative_delta":
             return self.relative_delta
-        raise ValueError(f"by={by!r} is not one of 'delta', 'effect_size', 'relative_delta'")
+        raise BadInput(f"by={by!r} is not one of 'delta', 'effect_size', 'relative_delta'")
 
     def rank(self, direction: Direction = "increase", by: RankBy = "delta") -> Int[Tensor, " d_sae"]:
         """All latents ordered by ``by`` (default the mean change), largest increase (or decrease)
         first; NaN last, ties by latent index."""
         if direction not in ("increase", "decrease"):
-            raise ValueError(f"direction={direction!r} is not 'increase' or 'decrease'")
+            raise BadInput(f"direction={direction!r} is not 'increase' or 'decrease'")
         raw = self._key(by)
         key = -raw if direction == "decrease" else raw.clone()
         nan = torch.isnan(key)
@@ -475,7 +475,7 @@ class LatentDiff:
     def top(self, k: int = 20, direction: Direction = "increase", by: RankBy = "delta") -> Any:
         """The ``k`` first latents of :meth:`rank` as a ``pandas.DataFrame`` (index: latent id)."""
         if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise BadInput(f"k must be a positive integer, got {k!r}")
         order = self.rank(direction, by)[:k].numpy()
         df = self.to_pandas().iloc[order]
         return df
@@ -511,7 +511,7 @@ class LatentDiff:
 
     def _per_prompt(self) -> PerPromptValues:
         if self.per_prompt is None:
-            raise ValueError("this diff kept no per-prompt values; rerun diff_latents with per_prompt_top > 0")
+            raise BadInput("this diff kept no per-prompt values; rerun diff_latents with per_prompt_top > 0")
         return self.per_prompt
 
     # ---------------------------------------------------------------- persistence

@@ -31,7 +31,7 @@ from typing import Any, Iterable, NoReturn, Sequence
 import numpy as np
 import yaml
 
-from tl_persona.validate import positive_int, probability
+from tl_persona.validate import BadInput, positive_int, probability
 
 __all__ = [
     "DOMAINS",
@@ -82,7 +82,7 @@ def _read_tables(path: str | Path | None = None) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ValueError(f"{where}: not valid YAML: {e}") from None
+        raise BadInput(f"{where}: not valid YAML: {e}") from None
     return _check_tables(data, where)
 
 
@@ -96,7 +96,7 @@ def _check_tables(data: Any, where: str) -> dict[str, Any]:
     """Check the structure of loaded tables; return them with cells keyed by ``(domain, persona)``."""
 
     def fail(key: str, msg: str) -> NoReturn:
-        raise ValueError(f"{where}: {key}: {msg}")
+        raise BadInput(f"{where}: {key}: {msg}")
 
     def mapping(x: Any, key: str, keys: Sequence[str] | None = None) -> dict[str, Any]:
         if not isinstance(x, dict) or not x:
@@ -301,7 +301,7 @@ class World:
         try:
             return self.cells[(domain, persona)]
         except KeyError:
-            raise ValueError(
+            raise BadInput(
                 f"unknown cell ({domain!r}, {persona!r}); domains are {self.domains}, personas {self.personas}"
             ) from None
 
