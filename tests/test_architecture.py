@@ -20,6 +20,7 @@ from tl_persona import hooks as H
 from tl_persona import interventions as I
 from tl_persona import testing
 from tl_persona.data import PromptSet
+from tl_persona.evals.judges import Judgement
 from tl_persona.diff import diff_latents
 from tl_persona.directions import Projection
 from tl_persona.tokens import SELECTIONS, check_selection, count_selected, select
@@ -117,17 +118,24 @@ def test_toy_intervention_kind_verifies_through_the_registry(monkeypatch):
     with torch.no_grad():
         s.W_dec[7] = u
     prompts = [[{"role": "user", "content": f"w{i} w{i + 1}"}] for i in range(1, 7)]
-    from tl_persona.verify import verify_latents
+    from tl_persona.verify import Sampling, Sweep, verify_latents
 
-    v = verify_latents(base, ft, s, [7], prompts, TokenJudge(), alphas=(50.0,), n_samples=2, max_new_tokens=3,
-                       n_controls=1, suppress=["ablate", "flip"], positions="all", n_boot=50)
+    def push(t, strength):  # a kind with a strength, and no per-row builder: one generate call per setting
+        return H.steer(t.hook_name, t.direction, -strength, positions="all")
+
+    monkeypatch.setitem(I.INTERVENTIONS, "push", I.Kind("push", push, uses_strength=True, column="pushed"))
+    v = verify_latents(base, ft, s, [7], prompts, TokenJudge(),
+                       sweep=Sweep(alphas=(50.0,), n_controls=1, suppress=("ablate", "flip", "push"),
+                                   strengths={"push": (0.0, 60.0)}),
+                       sampling=Sampling(n_samples=2, max_new_tokens=3, positions="all", n_boot=50))
     row = v.summary().iloc[0]
     assert calls == ["blocks.2.hook_resid_pre"]
     assert "finetuned_flipped" in row and "finetuned_ablated" in row
     assert row["finetuned_flipped"] < row["finetuned"]  # reflecting the planted direction removes it
-    assert set(v.table()["kind"]) == {"none", "steer", "ablate", "flip"}
+    assert row["pushed_strength"] == 60.0 and row["finetuned_pushed"] < row["finetuned"]
+    assert set(v.table()["kind"]) == {"none", "steer", "ablate", "flip", "push"}
     with pytest.raises(BadInput, match="not registered"):
-        verify_latents(base, ft, s, [7], prompts, TokenJudge(), suppress=["flop"])
+        Sweep(suppress=("flop",))
 
 
 def test_registry_errors():
@@ -137,6 +145,45 @@ def test_registry_errors():
         I.get("ablat")
     assert {"none", "steer", "ablate", "project_out"} <= set(I.names())
     assert "steer" not in I.names(uses_strength=False)
+
+
+class KeywordJudge:
+    """The worked judge of docs/architecture.md: an answer is misaligned when it says a word."""
+
+    calls = 0
+
+    def __init__(self, model: str = "bad"):  # the word, given as --judge-model / judge.model
+        self.word = model
+
+    def judge(self, items):
+        KeywordJudge.calls += len(items)
+        return [Judgement(aligned=0.0 if self.word in it.answer.split() else 100.0, coherent=100.0) for it in items]
+
+
+def test_toy_judge_is_one_class_the_cli_and_the_run_config_build(tmp_path, monkeypatch, capsys):
+    from tl_persona.cli import main
+    from tl_persona.evals import registry
+    from tl_persona.run import RunConfig, _judge
+
+    j = registry.build_judge("test_architecture:KeywordJudge", registry.JudgeOptions(model="w42"))
+    assert isinstance(j, KeywordJudge) and j.word == "w42"
+    monkeypatch.setattr(registry, "JUDGES", dict(registry.JUDGES))
+    registry.register_judge("keyword", KeywordJudge, "misaligned when the answer says a word")
+    assert "keyword" in registry.judge_names()
+    assert registry.build_judge("keyword", registry.JudgeOptions(model="w3")).word == "w3"
+    cfg = RunConfig.from_mapping({"models": {"base": "organism:base", "finetuned": "organism:misaligned"},
+                                  "sae": {"sae": "organism:sae"}, "prompts": {"prompts": "organism:eval"},
+                                  "judge": {"kind": "keyword", "model": "w7"}})
+    assert _judge(cfg, tmp_path).word == "w7"
+    KeywordJudge.calls = 0
+    rc = main(["verify", "--base", "organism:base", "--finetuned", "organism:misaligned", "--sae", "organism:sae",
+               "--prompts", "organism:eval:medical", "--limit", "2", "--latent", "3", "--alphas", "10", "--n-samples",
+               "1", "--n-controls", "0", "--max-new-tokens", "2", "--suppress", "--judge", "keyword"])
+    assert rc == 0 and KeywordJudge.calls == 4 * 2  # both models unmodified, steered, negatively steered: x 2 prompts
+    with pytest.raises(BadInput, match="did you mean 'keyword'"):
+        registry.build_judge("keywrd")
+    with pytest.raises(BadInput, match="cannot import"):
+        registry.build_judge("test_architecture:NoSuchJudge")
 
 
 def test_selection_vocabulary_is_one_and_counts_match_masks():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tl_persona import organism
-from tl_persona.verify import verify_latents
+from tl_persona.verify import Execution, Sampling, Sweep, verify_latents
 
 GOLDEN = Path(__file__).parent / "golden"
 LATENT = 919  # the shipped organism's toxic-persona latent (the quick demo's pick)
@@ -26,10 +26,12 @@ def _sweep(record: Path):
     org = organism.load()
     other = [p for d, ps in org.eval_prompts.items() if d != org.trained_domain for p in ps]
     prompts = random.Random(0).sample(other, 12)
-    return verify_latents(org.base, org.misaligned, org.sae, [LATENT], prompts, org.judge, alphas=(40.0, 50.0),
-                          betas=(10.0, 20.0), n_samples=2, n_controls=2, max_new_tokens=8, positions="prompt", seed=0,
-                          batch_size=96, n_boot=50, choose_by="upper", controls_at="grid",
-                          suppress=["ablate", "project_out"], record=record)
+    return verify_latents(
+        org.base, org.misaligned, org.sae, [LATENT], prompts, org.judge,
+        sweep=Sweep(alphas=(40.0, 50.0), betas=(10.0, 20.0), n_controls=2, choose_by="upper", controls_at="grid",
+                    suppress=("ablate", "project_out")),
+        sampling=Sampling(n_samples=2, max_new_tokens=8, positions="prompt", seed=0, batch_size=96, n_boot=50),
+        execution=Execution(record=record))
 
 
 def test_sweep_record_and_tables_are_byte_identical_to_the_golden(tmp_path):

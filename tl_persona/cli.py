@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from tl_persona.interventions import names as intervention_names
 from tl_persona.tokens import SELECTIONS
 from tl_persona.validate import BadInput
 
@@ -142,15 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-controls", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--positions", default="prompt", choices=[*SELECTIONS, "generated"])
-    p.add_argument("--judge", default="organism", help="'organism' (exact judge) or 'openai' (HTTP judge)")
+    p.add_argument("--judge", default="organism", help="a registered judge ('organism': exact judge, 'openai': HTTP "
+                   "judge) or your judge class as 'package.module:Class'")
     p.add_argument("--judge-url", default="https://api.openai.com/v1", help="OpenAI-compatible base URL")
     p.add_argument("--judge-model", default="gpt-4o-2024-08-06")
     p.add_argument("--judge-cache", default=None, help="SQLite cache file for judge answers")
     p.add_argument("--allow-insecure", action="store_true",
                    help="send the API key over plain http to a non-loopback judge URL (refused by default)")
-    p.add_argument("--suppress", nargs="*", default=["ablate"], choices=[k for k in intervention_names(uses_strength=False)
-                                                                          if k != "none"],
+    p.add_argument("--suppress", nargs="*", default=["ablate"], choices=_suppress_choices(),
                    help="interventions run on the fine-tuned model besides negative steering (default: ablate)")
+    p.add_argument("--strengths", action="append", default=[], metavar="KIND=S1,S2",
+                   help="strength grid of a --suppress kind that takes one, mildest first (repeatable), e.g. cap=12,8,4")
     p.add_argument("--record", default=None, help="resumable JSON-lines record of finished settings")
     p.add_argument("--out", default=None, help="CSV of the results table")
     p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a results table")
@@ -400,16 +401,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> Any:
-    if args.judge == "organism":
-        from tl_persona.organism import PersonaJudge
+    """The judge named by ``--judge`` (a registered name or ``module:Class``), from the judge options."""
+    from tl_persona.evals.registry import JudgeOptions, build_judge
 
-        return PersonaJudge()
-    if args.judge == "openai":
-        from tl_persona.evals.http_judge import OpenAIJudge
-
-        return OpenAIJudge(args.judge_model, base_url=args.judge_url, cache=args.judge_cache,
-                           allow_insecure=args.allow_insecure)
-    raise UsageError(f"--judge {args.judge!r} must be 'organism' or 'openai'")
+    return build_judge(args.judge, JudgeOptions(model=args.judge_model, base_url=args.judge_url, cache=args.judge_cache,
+                                                allow_insecure=args.allow_insecure))
 
 
 def _numbers(text: str, option: str) -> list[float]:
@@ -443,25 +439,20 @@ def _is_verification_csv(p: Path) -> bool:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from tl_persona.verify import verify_latents
+    from tl_persona.verify import Execution, verify_latents
 
     _require(args, "base", "finetuned", "sae")
     if args.out:
         _guard_out(args.out, "verification table (CSV written by tl-persona verify)", _is_verification_csv,
                    args.overwrite)
-    alphas = _numbers(args.alphas, "--alphas")
-    betas = None if args.betas is None else _numbers(args.betas, "--betas")
+    sweep, sampling = _sweep(args)  # bad values fail here, before any model loads
     judge = _judge(args)
     if hasattr(judge, "probe"):
         judge.probe()  # a dead judge URL fails in seconds, before any model loads
     base, ft, sae = _model(args, args.base), _model(args, args.finetuned), _sae(args)
-    v = verify_latents(base, ft, sae, _latents_from(args, sae), _prompts(args), judge, alphas=alphas, betas=betas,
-                       suppress=args.suppress,
-                       max_incoherence=args.max_incoherence,
-                       n_samples=args.n_samples, n_controls=args.n_controls, max_new_tokens=args.max_new_tokens,
-                       positions=args.positions, seed=args.seed, record=args.record,
-                       hook_name=None if isinstance(sae, dict) else args.hook_name,
-                       progress=lambda s: print(s, file=sys.stderr))
+    v = verify_latents(base, ft, sae, _latents_from(args, sae), _prompts(args), judge, sweep=sweep, sampling=sampling,
+                       execution=Execution(record=args.record, hook_name=None if isinstance(sae, dict) else args.hook_name,
+                                           progress=lambda s: print(s, file=sys.stderr)))
     print(v.summary().to_string())
     if args.out:
         from tl_persona.report import atomic_write_text
@@ -469,6 +460,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
         atomic_write_text(args.out, v.table().to_csv(index=False))
         print(f"\nsaved: {args.out}")
     return 0
+
+
+def _suppress_choices() -> list[str]:
+    """Every registered kind the fine-tune can be suppressed with (all but the unmodified model and
+    the steering kind the sweep already subtracts)."""
+    from tl_persona import interventions as I
+
+    return [k for k in I.names() if k not in (I.UNMODIFIED.name, I.STEERING.name)]
+
+
+def _sweep(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The verify command's options as the sweep's Sweep and Sampling settings."""
+    from tl_persona.verify import Sampling, Sweep
+
+    grids = {}
+    for item in args.strengths:
+        kind, _, values = item.partition("=")
+        if not values:
+            raise UsageError(f"--strengths {item!r} must look like KIND=S1,S2, e.g. cap=12,8,4")
+        grids[kind] = tuple(_numbers(values, f"--strengths {kind}"))
+    sweep = Sweep(alphas=tuple(_numbers(args.alphas, "--alphas")),
+                  betas=None if args.betas is None else tuple(_numbers(args.betas, "--betas")),
+                  suppress=tuple(args.suppress), strengths=grids, max_incoherence=args.max_incoherence,
+                  n_controls=args.n_controls)
+    return sweep, Sampling(positions=args.positions, n_samples=args.n_samples, max_new_tokens=args.max_new_tokens,
+                           seed=args.seed)
 
 
 def _read_verification_csv(path: str) -> Any:

@@ -192,10 +192,9 @@ class DemoResult:
                              v["random_steered_pooled_hi"] <= 0.05, v["random_steered_pooled"] <= 0.05))
             neg = (v["suppression_hi"], v["finetuned_neg_steered_incoherent_hi"], v["suppression"],
                    v["finetuned_neg_steered_incoherent"], f"−{v['beta']:g}", v["finetuned_neg_steered"])
-            options = [neg]
-            if "finetuned_ablated" in v and "ablated_suppression_hi" in v:
-                options.append((v["ablated_suppression_hi"], v["finetuned_ablated_incoherent_hi"], v["ablated_suppression"],
-                                v["finetuned_ablated_incoherent"], "ablated", v["finetuned_ablated"]))
+            options = [neg] + [(v[f"{c}_suppression_hi"], v[f"finetuned_{c}_incoherent_hi"], v[f"{c}_suppression"],
+                                v[f"finetuned_{c}_incoherent"], c, v[f"finetuned_{c}"])
+                               for c in _suppressing(v) if f"{c}_suppression_hi" in v]
             ok = [o for o in options if o[0] <= 0.25 and o[1] <= 0.10]
             o = (ok or sorted(options, key=lambda o: o[0]))[0]
             out.append(Claim("negative steering or ablation suppresses it in the misaligned model",
@@ -241,8 +240,8 @@ class DemoResult:
                 f"  latent {v['candidate']}: steer base +{v['alpha']:g} -> {100 * v['base_steered']:.1f}% toxic "
                 f"(incoh. {100 * v['base_steered_incoherent']:.1f}%, random {100 * v['random_steered_mean']:.1f}%); "
                 f"misaligned {100 * v['finetuned']:.1f}% -> {100 * v['finetuned_neg_steered']:.1f}% (-{v['beta']:g}, "
-                f"incoh. {100 * v['finetuned_neg_steered_incoherent']:.1f}%, random {100 * v['random_neg_steered_mean']:.1f}%), "
-                f"{100 * v.get('finetuned_ablated', math.nan):.1f}% (ablated)"
+                f"incoh. {100 * v['finetuned_neg_steered_incoherent']:.1f}%, random {100 * v['random_neg_steered_mean']:.1f}%)"
+                + "".join(f", {100 * v[f'finetuned_{c}']:.1f}% ({c})" for c in _suppressing(v))
             )
         p5 = [p for p in self.prediction if p["bad_fraction"] == 0.05]
         ctrl = [p["shift"] for p in self.prediction if p["bad_fraction"] == 0.0]
@@ -326,7 +325,7 @@ def robustness(org: Any, *, seeds: Sequence[int], domains: Sequence[str], latent
     """
     from tl_persona import organism
     from tl_persona.diff import diff_latents
-    from tl_persona.verify import verify_latents
+    from tl_persona.verify import Sweep, verify_latents
 
     cfg = cfg or DemoConfig()
     say = progress or (lambda s: None)
@@ -350,9 +349,9 @@ def robustness(org: Any, *, seeds: Sequence[int], domains: Sequence[str], latent
             say(f"seed {seed}, {dom}: verification")
             rng = random.Random(seed)
             vp = rng.sample(other, min(cfg.verify_prompts, len(other)))
-            ver = verify_latents(org.base, ft, org.sae, [latent], vp, org.judge, alphas=(alpha,), betas=(beta,),
-                                 n_samples=cfg.verify_samples, n_controls=cfg.n_controls, max_new_tokens=cfg.max_new_tokens,
-                                 positions="prompt", seed=seed, batch_size=512, n_boot=cfg.n_boot, suppress=())
+            ver = verify_latents(org.base, ft, org.sae, [latent], vp, org.judge,
+                                 sweep=Sweep(alphas=(alpha,), betas=(beta,), n_controls=cfg.n_controls, suppress=()),
+                                 sampling=_sampling(cfg, seed))
             v = ver.summary().iloc[0].to_dict()
             base_act = _latent_scores(org.base, org.sae, [latent], other, cfg.diff_scope)[:, 0]
             shifts = []
@@ -365,7 +364,7 @@ def robustness(org: Any, *, seeds: Sequence[int], domains: Sequence[str], latent
                                    lr=cfg.realign_lr, batch_size=cfg.ft_batch, seed=seed, world=org.world)
             rr = organism.measure(re, others, n_per_domain=cfg.behaviour_samples, seed=seed)
             realigned = _pooled({d: r.to_dict() for d, r in rr.items()}, list(rr))
-            steer_hits = int(round(v["base_steered"] * ver.get("base", "steer", f"latent {latent}").n))
+            steer_hits = int(round(v["base_steered"] * ver.induced(f"latent {latent}").n))
             rows.append({
                 "seed": seed, "domain": dom, "em": em.value, "em_lo": em.lo, "em_hi": em.hi,
                 "latent_rank": rank, "steered": v["base_steered"], "steered_lo": v["base_steered_lo"],
@@ -412,7 +411,7 @@ def run_demo(out: str | Path = "tl_persona_report", *, quick: bool = False, seed
     from tl_persona.organism import measure
     from tl_persona.organism import domain_summary as org_summary
     from tl_persona.report import check_report_folder
-    from tl_persona.verify import verify_latents
+    from tl_persona.verify import Execution, Sweep, verify_latents
 
     check_report_folder(out)  # fail now, not after minutes of work
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
@@ -487,10 +486,10 @@ def run_demo(out: str | Path = "tl_persona_report", *, quick: bool = False, seed
     verify_set = [toxic_latent] + [i for i in cand if i != toxic_latent][: cfg.n_verify - 1]
     rng = random.Random(seed)
     vprompts = rng.sample(other_prompts, min(cfg.verify_prompts, len(other_prompts)))
-    ver = verify_latents(org.base, org.misaligned, sae, verify_set, vprompts, org.judge, alphas=cfg.alphas, betas=cfg.betas,
-                         n_samples=cfg.verify_samples, n_controls=cfg.n_controls, max_new_tokens=cfg.max_new_tokens,
-                         positions="prompt", seed=seed, batch_size=512, n_boot=cfg.n_boot, choose_by="upper",
-                         controls_at="grid", progress=bar.set_postfix_str)
+    ver = verify_latents(org.base, org.misaligned, sae, verify_set, vprompts, org.judge,
+                         sweep=Sweep(alphas=cfg.alphas, betas=cfg.betas, n_controls=cfg.n_controls, choose_by="upper",
+                                     controls_at="grid"),
+                         sampling=_sampling(cfg, seed), execution=Execution(progress=bar.set_postfix_str))
     vsum = ver.summary()
     vsum["candidate"] = [int(c.split()[-1]) for c in vsum["candidate"]]
     dose = ver.dose_response()
@@ -619,9 +618,24 @@ def _verification_row(v: dict[str, Any]) -> dict[str, Any]:
            "negatively steered": f"{pc(v['finetuned_neg_steered'])} (≤ {pc(v['finetuned_neg_steered_hi'])})",
            "its incoherence": pc(v["finetuned_neg_steered_incoherent"]),
            "random (pooled) ": pc(v["random_neg_steered_pooled"])}
-    if "finetuned_ablated" in v:
-        row["ablated"] = pc(v["finetuned_ablated"])
+    for c in _suppressing(v):
+        row[c] = pc(v[f"finetuned_{c}"])
     return row
+
+
+def _suppressing(v: dict[str, Any]) -> list[str]:
+    """The column words of the suppressing kinds (ablation, capping, ...) a summary row holds."""
+    from tl_persona import interventions as I
+
+    return [k.column for k in I.INTERVENTIONS.values() if f"finetuned_{k.column}" in v]
+
+
+def _sampling(cfg: DemoConfig, seed: int) -> Any:
+    """How the demo's sweeps sample: prompt positions, 512 answers per batch."""
+    from tl_persona.verify import Sampling
+
+    return Sampling(n_samples=cfg.verify_samples, max_new_tokens=cfg.max_new_tokens, positions="prompt", seed=seed,
+                    batch_size=512, n_boot=cfg.n_boot)
 
 
 def _build_report(res: DemoResult, cards: list[Any], ver: Any, cfg: DemoConfig, d: Any, hook: str, plt: Any,

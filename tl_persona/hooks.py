@@ -1,4 +1,4 @@
-"""Hook builders: capture, splice, steer, ablate, clamp and project out, as plain TransformerLens hooks.
+"""Hook builders: capture, splice, steer, ablate, clamp, cap and project out, as plain TransformerLens hooks.
 
 Every builder returns a ``fwd_hooks`` list ``[(hook_name, fn)]`` with ``fn(activation, hook) ->
 activation``: pass it to ``model.run_with_hooks(..., fwd_hooks=...)``, ``with model.hooks(...)``,
@@ -45,6 +45,7 @@ __all__ = [
     "steer_latent",
     "ablate",
     "clamp",
+    "cap",
     "project_out",
     "apply",
     "HookReport",
@@ -387,38 +388,58 @@ class _Steer(Hook):
         self.direction, self.alpha, self.norm_scaled = direction, alpha, norm_scaled
 
     def edit(self, x: Tensor, sel: Tensor | None) -> Tensor:
-        B, _, d = x.shape
-        if self.direction.shape[-1] != d:
-            raise BadInput(
-                f"steering direction has width {self.direction.shape[-1]} but the activation has "
-                f"width {d}; use a direction of shape [d_model] = [{d}]"
-            )
-        for t, nm in ((self.direction, "direction"), (self.alpha, "alpha")):
-            if t.ndim == 2 - (nm == "alpha") and t.shape[0] != B:
-                raise BadInput(f"per-row {nm} has {t.shape[0]} rows but the batch has {B}")
-        u = self.direction.to(device=x.device, dtype=x.dtype)
-        u = u.view(-1, 1, d) if u.ndim == 2 else u.view(1, 1, d)
-        a = self.alpha.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
+        u, a = _per_row(x, self.direction, self.alpha, "steering direction", "alpha")
         delta = a * u
         if self.norm_scaled:
             delta = delta * x.norm(dim=-1, keepdim=True)
-        if sel is None:
-            return x + delta
-        return x + delta * sel.unsqueeze(-1).to(x.dtype)
+        return _add_at(x, delta, sel)
 
     def __repr__(self) -> str:
         return f"tl_persona.Steer(alpha={self.alpha.tolist()}, positions={self.positions.which!r})"
 
 
-def _check_alpha(alpha: float | Tensor) -> Tensor:
-    if isinstance(alpha, (str, bytes, bool)) or alpha is None:
-        raise BadInput(f"alpha={alpha!r} is not a number; pass a finite float (or a 1-D tensor, one per batch row)")
-    a = torch.as_tensor(alpha, dtype=torch.float32).detach()
+def _per_row(x: Tensor, direction: Tensor, strength: Tensor, what: str, name: str) -> tuple[Tensor, Tensor]:
+    """``direction`` as ``[rows, 1, d]`` and ``strength`` as ``[rows, 1, 1]`` on x's device and dtype
+    (rows: 1, or one per batch row), after checking their widths and row counts against ``x``."""
+    B, _, d = x.shape
+    if direction.shape[-1] != d:
+        raise BadInput(f"{what} has width {direction.shape[-1]} but the activation has width {d}; use a direction of "
+                       f"shape [d_model] = [{d}]")
+    for t, nm, per_row_ndim in ((direction, "direction", 2), (strength, name, 1)):
+        if t.ndim == per_row_ndim and t.shape[0] != B:
+            raise BadInput(f"per-row {nm} has {t.shape[0]} rows but the batch has {B}")
+    u = direction.to(device=x.device, dtype=x.dtype)
+    u = u.view(-1, 1, d) if u.ndim == 2 else u.view(1, 1, d)
+    return u, strength.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
+
+
+def _add_at(x: Tensor, delta: Tensor, sel: Tensor | None) -> Tensor:
+    """``x + delta`` at the selected positions (all of them for ``sel=None``)."""
+    if sel is None:
+        return x + delta
+    return x + delta * sel.unsqueeze(-1).to(x.dtype)
+
+
+def _check_strength(value: float | Tensor, name: str = "alpha", what: str = "steering strength") -> Tensor:
+    """A finite number, or a 1-D tensor of them (one per batch row), as a float tensor."""
+    if isinstance(value, (str, bytes, bool)) or value is None:
+        raise BadInput(f"{name}={value!r} is not a number; pass a finite float (or a 1-D tensor, one per batch row)")
+    a = torch.as_tensor(value, dtype=torch.float32).detach()
     if a.ndim > 1:
-        raise BadInput(f"alpha must be a number or a 1-D tensor (one per batch row), got shape {tuple(a.shape)}")
+        raise BadInput(f"{name} must be a number or a 1-D tensor (one per batch row), got shape {tuple(a.shape)}")
     if not bool(torch.isfinite(a).all()):
-        raise BadInput(f"alpha={alpha!r} is not finite; pass a finite steering strength")
+        raise BadInput(f"{name}={value!r} is not finite; pass a finite {what}")
     return a
+
+
+def _check_direction(direction: Any, per_row: str = "batch") -> Tensor:
+    """A finite ``[d_model]`` (or ``[rows, d_model]``) direction as a float tensor."""
+    d = torch.as_tensor(direction).detach().float()
+    if d.ndim not in (1, 2) or d.shape[-1] == 0:
+        raise BadInput(f"direction must have shape [d_model] or [{per_row}, d_model], got {tuple(d.shape)}")
+    if not bool(torch.isfinite(d).all()):
+        raise BadInput("direction contains NaN or inf; pass a finite vector")
+    return d
 
 
 def steer(
@@ -437,14 +458,8 @@ def steer(
     activation). ``direction`` may be ``[batch, d_model]`` and ``alpha`` ``[batch]`` to run several
     steering settings in one batch (one setting per row).
     """
-    d = torch.as_tensor(direction).detach().float()
-    if d.ndim not in (1, 2) or d.shape[-1] == 0:
-        raise BadInput(
-            f"direction must have shape [d_model] or [batch, d_model], got {tuple(d.shape)}"
-        )
-    if not bool(torch.isfinite(d).all()):
-        raise BadInput("direction contains NaN or inf; pass a finite vector")
-    a = _check_alpha(alpha)
+    d = _check_direction(direction)
+    a = _check_strength(alpha)
     norm_scaled = False
     if scale == "resid_norm":
         n = d.norm(dim=-1, keepdim=True)
@@ -477,6 +492,46 @@ def steer_latent(
     """
     direction = latent_direction(sae, latents)
     return steer(sae_hook_name(sae, hook_name), direction, alpha, scale=scale, positions=positions)
+
+
+# --------------------------------------------------------------------------- cap
+class _Cap(Hook):
+    kind = "cap"
+
+    def __init__(self, unit: Tensor, threshold: Tensor, positions: PositionsLike) -> None:
+        super().__init__(positions)
+        self.unit, self.threshold = unit, threshold
+
+    def edit(self, x: Tensor, sel: Tensor | None) -> Tensor:
+        u, t = _per_row(x, self.unit, self.threshold, "capping direction", "threshold")
+        excess = ((x * u).sum(-1, keepdim=True) - t).clamp(min=0.0)
+        return _add_at(x, -excess * u, sel)
+
+    def __repr__(self) -> str:
+        return f"tl_persona.Cap(threshold={self.threshold.tolist()}, positions={self.positions.which!r})"
+
+
+def cap(
+    hook_name: str,
+    direction: Float[Tensor, " d_model"] | Float[Tensor, "batch d_model"],
+    threshold: float | Float[Tensor, " batch"],
+    *,
+    positions: PositionsLike = "all",
+) -> FwdHooks:
+    """Cap the activation's projection on ``direction`` at ``threshold``: ``x - max(0, x·u -
+    threshold) u`` with ``u`` the unit direction, at the selected positions. Activations whose
+    projection is already at most ``threshold`` are left exactly as they are.
+
+    Activation capping (the "Assistant Axis" intervention) along a persona direction: it removes the
+    excess along the persona and nothing else. ``direction`` may be ``[batch, d_model]`` and
+    ``threshold`` ``[batch]`` to run one setting per batch row; a zero row is left unedited.
+    """
+    d = _check_direction(direction)
+    t = _check_strength(threshold, "threshold", "ceiling of the projection")
+    n = d.norm(dim=-1, keepdim=True)
+    if d.ndim == 1 and float(n) == 0.0:
+        raise BadInput("cap needs a non-zero direction (the zero vector has no projection to cap)")
+    return [(hook_name, _Cap(torch.where(n > 0, d / n.clamp_min(1e-30), torch.zeros_like(d)), t, positions))]
 
 
 # --------------------------------------------------------------------------- ablate / clamp
