@@ -109,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="with --diff: how many top latents (by increase)")
     p.add_argument("-k", type=int, default=5, help="contexts and tokens per card")
 
+    _add_generate_command(sub)
+    _add_verify_command(sub)
+
+    p = sub.add_parser("run", help="the whole pipeline on your own models from one config file (resumes)")
+    p.add_argument("config_file", nargs="?", default=None, help="YAML or JSON config (see --example)")
+    p.add_argument("--example", action="store_true", help="print a commented example config and exit")
+
+    p = sub.add_parser("report", help="render a report folder from a saved diff and verification table")
+    p.add_argument("--diff", required=True, help="a saved LatentDiff")
+    p.add_argument("--verification", default=None, help="CSV written by `tl-persona verify --out`")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--out", default="tl_persona_report")
+    _add_vector_commands(sub)
+    _add_prevention_commands(sub)
+    return ap
+
+
+def _add_generate_command(sub: Any) -> None:
     p = sub.add_parser("generate", help="sample answers with interventions active")
     _add_model_opts(p, "model")
     _add_sae_opts(p)
@@ -125,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSONL output (default: stdout)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not our JSONL")
 
+
+def _add_verify_command(sub: Any) -> None:
     p = sub.add_parser("verify", help="causal verification sweep of candidate latents with controls")
     _add_model_opts(p, "base", "finetuned")
     _add_sae_opts(p)
@@ -156,19 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="CSV of the results table")
     p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a results table")
     p.add_argument("--seed", type=int, default=0)
-
-    p = sub.add_parser("run", help="the whole pipeline on your own models from one config file (resumes)")
-    p.add_argument("config_file", nargs="?", default=None, help="YAML or JSON config (see --example)")
-    p.add_argument("--example", action="store_true", help="print a commented example config and exit")
-
-    p = sub.add_parser("report", help="render a report folder from a saved diff and verification table")
-    p.add_argument("--diff", required=True, help="a saved LatentDiff")
-    p.add_argument("--verification", default=None, help="CSV written by `tl-persona verify --out`")
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--out", default="tl_persona_report")
-    _add_vector_commands(sub)
-    _add_prevention_commands(sub)
-    return ap
 
 
 def _load_config(path: str | None) -> dict[str, Any]:
