@@ -259,7 +259,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("analyses", frozenset({"diff", "inspection", "verify", "vectors", "screening"})),
     ("organism", frozenset({"organism"})),
     ("experiments", frozenset({"series", "attribution", "prevention", "demo"})),
-    ("entry points", frozenset({"loading", "prompt_specs", "run", "cli", "testing", "__main__"})),
+    ("entry points", frozenset({"loading", "prompt_specs", "run", "cli", "testing"})),
 )
 
 
