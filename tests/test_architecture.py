@@ -138,6 +138,22 @@ def test_toy_intervention_kind_verifies_through_the_registry(monkeypatch):
         Sweep(suppress=("flop",))
 
 
+def test_no_kind_name_is_written_where_the_registry_is_read():
+    """Verification, the run config, the demo and the CLI's verify command read kinds from the
+    registry (I.UNMODIFIED, Sweep.induce, the kinds' column words): no string in them is a kind's name."""
+    kinds = set(I.names())
+    where = [*sorted((PKG / "verify").glob("*.py")), PKG / "run.py", PKG / "demo.py"]
+    found = [f"{p.relative_to(PKG.parent)}:{n.lineno} {n.value!r}" for p in where for n in ast.walk(ast.parse(p.read_text()))
+             if isinstance(n, ast.Constant) and n.value in kinds]
+    cli = ast.parse((PKG / "cli.py").read_text())
+    verify_funcs = [f for f in cli.body if isinstance(f, ast.FunctionDef)
+                    and f.name in ("_add_verify_command", "_suppress_choices", "_sweep", "cmd_verify", "_judge")]
+    assert len(verify_funcs) == 5
+    found += [f"cli.py:{n.lineno} {n.value!r}" for f in verify_funcs for n in ast.walk(f)
+              if isinstance(n, ast.Constant) and n.value in kinds]
+    assert not found, f"kind names written out instead of read from the registry: {found}"
+
+
 def test_registry_errors():
     with pytest.raises(BadInput, match="already registered"):
         I.register(I.Kind("steer", lambda t, s: []))
@@ -304,6 +320,14 @@ def _layer(mod: str) -> int:
 def test_every_module_has_a_layer():
     missing = sorted({m.split(".")[1] for m in _all_modules() if "." in m and _layer(m) < 0})
     assert not missing, f"modules missing from LAYERS (and docs/architecture.md): {missing}"
+
+
+def test_the_architecture_page_covers_every_module():
+    """docs/architecture.md names every module of the package (a subpackage's modules by name)."""
+    text = (PKG.parent / "docs" / "architecture.md").read_text()
+    names = {m.split(".")[-1] for m in _all_modules() if m != "tl_persona"}
+    missing = sorted(n for n in names if f"`{n}`" not in text and f"`{n}/`" not in text)
+    assert not missing, f"modules docs/architecture.md does not mention: {missing}"
 
 
 def test_no_import_climbs_a_layer():

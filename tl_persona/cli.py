@@ -168,7 +168,9 @@ def _add_verify_command(sub: Any) -> None:
     p.add_argument("--judge-cache", default=None, help="SQLite cache file for judge answers")
     p.add_argument("--allow-insecure", action="store_true",
                    help="send the API key over plain http to a non-loopback judge URL (refused by default)")
-    p.add_argument("--suppress", nargs="*", default=["ablate"], choices=_suppress_choices(),
+    from tl_persona import interventions as I
+
+    p.add_argument("--suppress", nargs="*", default=[I.ABLATION.name], choices=_suppress_choices(),
                    help="interventions run on the fine-tuned model besides negative steering (default: ablate)")
     p.add_argument("--strengths", action="append", default=[], metavar="KIND=S1,S2",
                    help="strength grid of a --suppress kind that takes one, mildest first (repeatable), e.g. cap=12,8,4")

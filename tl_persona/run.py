@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from tl_persona import interventions as I
 from tl_persona.provenance import atomic_write_text, json_digest
 from tl_persona.tokens import SELECTIONS
 from tl_persona.validate import BadInput
@@ -43,6 +44,8 @@ class Field:
     help: str
     required: bool = False
 
+
+_SUPPRESSING = [k for k in I.names() if k not in (I.UNMODIFIED.name, I.STEERING.name)]
 
 SCHEMA: tuple[Field, ...] = (
     Field("models", "base", "str", None, "base model: a Hugging Face name, a local folder, or organism:base", True),
@@ -89,8 +92,8 @@ SCHEMA: tuple[Field, ...] = (
     Field("verify", "max_new_tokens", "int", 64, "answer length limit"),
     Field("verify", "temperature", "float", 1.0, "sampling temperature"),
     Field("verify", "positions", tuple(SELECTIONS), "prompt", "where steering acts"),
-    Field("verify", "suppress", "strs", ["ablate"], "interventions run on the fine-tune besides negative steering "
-          "(names from tl_persona.interventions: ablate, project_out, cap, ...)"),
+    Field("verify", "suppress", "strs", [I.ABLATION.name], "interventions run on the fine-tune besides negative "
+          f"steering (kinds of tl_persona.interventions: {', '.join(_SUPPRESSING)})"),
     Field("verify", "strengths", "grids", {}, "the strength grid of each suppress kind that takes one, mildest "
           "first, e.g. {cap: [12, 8, 4]} (capping's ceiling on the unit direction)"),
     Field("verify", "prompts", "int", None, "use at most this many prompts for the sweep (default: all)"),

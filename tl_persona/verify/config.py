@@ -51,7 +51,7 @@ class Sweep:
 
     alphas: tuple[float, ...] = (4.0, 8.0, 16.0, 32.0)
     betas: tuple[float, ...] | None = None
-    suppress: tuple[str, ...] = ("ablate",)
+    suppress: tuple[str, ...] = (I.ABLATION.name,)
     strengths: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     max_incoherence: float = 0.10
     choose_by: Literal["estimate", "upper"] = "estimate"
