@@ -76,8 +76,8 @@ def verify_latents(
     models = {"base": base, "finetuned": finetuned}
 
     def stage(k: int) -> Stage:
-        return Stage(tuple(prompts), judge, sampling, execution.device, models, plan.target, sampling.seed + k,
-                     execution.say)
+        return Stage(prompts=tuple(prompts), judge=judge, sampling=sampling, device=execution.device, models=models,
+                     target=plan.target, seed=sampling.seed + k, say=execution.say)
 
     run_stage(rec, plan.unmodified(), stage(0))
     run_stage(rec, plan.grids(), stage(1))
