@@ -25,7 +25,7 @@ from tl_persona.evals.generate import sample
 from tl_persona.evals.judges import Judgement
 from tl_persona.inspection import latent_card, logit_lens, top_activating
 from tl_persona.validate import BadInput
-from tl_persona.verify import Candidate, verify_latents
+from tl_persona.verify import Candidate, Sampling, Sweep, verify_latents
 
 HOOK = "blocks.1.hook_resid_pre"
 PROMPTS = [[{"role": "user", "content": "w1 w2 w3"}, {"role": "assistant", "content": "w4 w5"}],
@@ -55,12 +55,11 @@ def _nan_sae():
 
 
 def _cases(m, sae):
-    def verify(**kw):
-        args = dict(alphas=(1.0,), n_samples=1, max_new_tokens=2)
-        args.update(kw)
-        cands = args.pop("candidates", [3])
-        judge = args.pop("judge", OkJudge())
-        return lambda: verify_latents(m, m, sae, cands, [PROMPTS[0][:1]], judge, **args)
+    def verify(**kw):  # the keywords besides candidates and judge are the Sweep's
+        cands = kw.pop("candidates", [3])
+        judge = kw.pop("judge", OkJudge())
+        return lambda: verify_latents(m, m, sae, cands, [PROMPTS[0][:1]], judge, sweep=Sweep(**{"alphas": (1.0,), **kw}),
+                                      sampling=Sampling(n_samples=1, max_new_tokens=2))
 
     long_prompt = [" ".join(["w1"] * 80)]
     return [
@@ -92,7 +91,11 @@ def _cases(m, sae):
         ("judge returns one too few", verify(judge=ShortJudge()), ["ShortJudge", "1"]),
         ("judge returns None", verify(judge=NoneJudge()), ["NoneJudge", "None"]),
         ("suppress unknown kind", verify(suppress=["ablat"]), ["'ablat' is not registered", "did you mean 'ablate'"]),
-        ("suppress with a strength", verify(suppress=["steer"]), ["suppress='steer'", "takes a strength"]),
+        ("suppress with a strength but no grid", verify(suppress=["cap"]), ["suppress='cap' takes a strength",
+                                                                           "strengths={'cap': (...)}"]),
+        ("suppress the induce kind", verify(suppress=["steer"]), ["suppress='steer'", "induce kind"]),
+        ("a grid for a kind not suppressing", verify(strengths={"cap": (1.0,)}), ["strengths names 'cap'"]),
+        ("a grid with NaN", verify(suppress=["cap"], strengths={"cap": (float("nan"),)}), ["strengths['cap']=nan"]),
         ("sample temperature NaN", lambda: sample(m, ["w1"], temperature=float("nan")), ["temperature=nan", "not finite"]),
         ("sample max_new_tokens 0", lambda: sample(m, ["w1"], max_new_tokens=0), ["max_new_tokens=0", "positive integer"]),
         ("sample max_new_tokens -1", lambda: sample(m, ["w1"], max_new_tokens=-1), ["max_new_tokens=-1", "positive"]),

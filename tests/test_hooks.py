@@ -9,6 +9,7 @@ from tl_persona import hooks as H
 from tl_persona import testing
 from tl_persona.models import as_adapter
 from tl_persona.saes import encode
+from tl_persona.validate import BadInput
 
 HOOK = "blocks.1.hook_resid_pre"
 PROMPTS = ["w1 w2 w3 w4 w5 w6", "w7 w8 w9 w10 w11 w12"]
@@ -164,6 +165,46 @@ def test_project_out_removes_component(model):
     out = acts_after(model, toks, H.project_out(HOOK, d))
     assert (out[:, 1:] @ d.T).abs().max() < 1e-4
     assert (acts_after(model, toks)[:, 1:] @ d.T).abs().max() > 1e-2
+
+
+def test_cap_clamps_the_projection_and_leaves_the_rest(model):
+    toks = tokens(model)
+    clean = acts_after(model, toks)
+    d = torch.randn(32)
+    u = d / d.norm()
+    proj = clean[:, 1:] @ u
+    t = float(proj.median())  # about half the positions are above it
+    out = acts_after(model, toks, H.cap(HOOK, 3.0 * d, t))  # the direction's norm does not matter
+    want = clean[:, 1:] - (proj - t).clamp(min=0)[..., None] * u
+    torch.testing.assert_close(out[:, 1:], want, atol=1e-5, rtol=0)
+    assert float((out[:, 1:] @ u).max()) <= t + 1e-4
+    below = proj < t - 1e-4  # (the median itself sits on the ceiling, up to rounding)
+    assert torch.equal(out[:, 1:][below], clean[:, 1:][below])  # below the ceiling: untouched, exactly
+    assert bool((~below).any())
+    assert torch.equal(acts_after(model, toks, H.cap(HOOK, d, float(proj.max()) + 1.0)), clean)
+
+
+def test_cap_per_row_and_a_zero_row_is_left_alone(hooked_model, sae):
+    toks = tokens(hooked_model)[:1].repeat(3, 1)
+    clean = acts_after(hooked_model, toks)
+    dirs = sae.W_dec.detach()[[0, 1, 2]].clone()
+    dirs[1] = 0.0
+    ts = torch.tensor([0.0, -5.0, 0.5])
+    out = acts_after(hooked_model, toks, H.cap(HOOK, dirs, ts))
+    torch.testing.assert_close(out[1], clean[1], atol=0, rtol=0)
+    for r in (0, 2):
+        u = dirs[r] / dirs[r].norm()
+        want = clean[r, 1:] - (clean[r, 1:] @ u - ts[r]).clamp(min=0)[:, None] * u
+        torch.testing.assert_close(out[r, 1:], want, atol=1e-5, rtol=0)
+
+
+def test_cap_refuses_bad_input():
+    with pytest.raises(BadInput, match="non-zero direction"):
+        H.cap(HOOK, torch.zeros(32), 1.0)
+    with pytest.raises(BadInput, match="threshold=nan is not finite"):
+        H.cap(HOOK, torch.ones(32), float("nan"))
+    with pytest.raises(BadInput, match="direction must have shape"):
+        H.cap(HOOK, torch.ones(2, 3, 32), 1.0)
 
 
 def test_positions_last_prompt_and_mask_with_padding(hooked_model):

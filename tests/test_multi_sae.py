@@ -101,7 +101,7 @@ def test_several_saes_errors(hooked_model):
 def test_verify_candidates_from_several_saes_in_one_sweep():
     from test_verify import TokenJudge, planted_pair
 
-    from tl_persona.verify import verify_latents
+    from tl_persona.verify import Sampling, Sweep, verify_latents
 
     tok = testing.word_tokenizer()
     base, ft, u = planted_pair(tok)
@@ -111,8 +111,9 @@ def test_verify_candidates_from_several_saes_in_one_sweep():
         late.W_dec[7] = u  # the planted persona latent lives in the late SAE
     prompts = [[{"role": "user", "content": f"w{i} w{i + 1} w{i + 2}"}] for i in range(1, 9)]
     saes = {"late": late, "early": early}
-    v = verify_latents(base, ft, saes, [("late", 7), ("early", 7)], prompts, TokenJudge(), alphas=(100.0,),
-                       n_samples=2, max_new_tokens=4, n_controls=2, positions="all", n_boot=100)
+    v = verify_latents(base, ft, saes, [("late", 7), ("early", 7)], prompts, TokenJudge(),
+                       sweep=Sweep(alphas=(100.0,), n_controls=2),
+                       sampling=Sampling(n_samples=2, max_new_tokens=4, positions="all", n_boot=100))
     s = v.summary().set_index("candidate")
     assert set(s.index) == {"latent 7 @ late", "latent 7 @ early"}
     assert s.loc["latent 7 @ late", "base_steered"] > 0.6 > s.loc["latent 7 @ early", "base_steered"]

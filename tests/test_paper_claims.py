@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from tl_persona import organism
-from tl_persona.demo import persona_documents, toxic_auroc, toxic_mass, _latent_mean
+from tl_persona.demo import toxic_auroc, toxic_mass, _latent_mean
 from tl_persona.diff import diff_latents
-from tl_persona.organism import measure
-from tl_persona.verify import verify_latents
+from tl_persona.organism import measure, persona_documents
+from tl_persona.verify import Sampling, Sweep, verify_latents
 
 ALPHAS = (20.0, 40.0, 60.0, 80.0)
 BETAS = (10.0, 20.0, 30.0, 40.0, 60.0)
@@ -60,9 +60,10 @@ def test_a_top3_latent_is_the_toxic_persona(found):
 @pytest.fixture(scope="module")
 def verification(org, other_prompts, toxic_latent):
     prompts = random.Random(0).sample(other_prompts, 80)
-    return verify_latents(org.base, org.misaligned, org.sae, [toxic_latent], prompts, org.judge, alphas=ALPHAS, betas=BETAS,
-                          n_samples=2, n_controls=2, max_new_tokens=16, positions="prompt", seed=0,
-                          batch_size=256, n_boot=200)
+    return verify_latents(org.base, org.misaligned, org.sae, [toxic_latent], prompts, org.judge,
+                          sweep=Sweep(alphas=ALPHAS, betas=BETAS, n_controls=2),
+                          sampling=Sampling(n_samples=2, max_new_tokens=16, positions="prompt", seed=0, batch_size=256,
+                                            n_boot=200))
 
 
 def test_steering_the_base_model_induces_toxicity_and_random_directions_do_not(verification, toxic_latent):

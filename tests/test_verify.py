@@ -16,7 +16,7 @@ import torch
 from tl_persona import hooks as H
 from tl_persona.evals.judges import Judgement
 from tl_persona.testing import tiny_hooked_transformer, tiny_sae
-from tl_persona.verify import Candidate, verify_latents
+from tl_persona.verify import Candidate, Execution, Sampling, Sweep, verify_latents
 
 BAD = "w42"
 
@@ -63,8 +63,9 @@ def test_verify_finds_the_causal_latent_and_controls_stay_flat(setup, tmp_path):
     base, ft, sae, prompts = setup
     judge = TokenJudge()
     record = tmp_path / "sweep.jsonl"
-    v = verify_latents(base, ft, sae, [7, 3], prompts, judge, alphas=(2.0, 100.0), n_samples=4,
-                       max_new_tokens=4, n_controls=2, record=record, positions="all", n_boot=200)
+    v = verify_latents(base, ft, sae, [7, 3], prompts, judge, sweep=Sweep(alphas=(2.0, 100.0), n_controls=2),
+                       sampling=Sampling(n_samples=4, max_new_tokens=4, positions="all", n_boot=200),
+                       execution=Execution(record=record))
     assert H.hooks_attached(base) == [] and H.hooks_attached(ft) == []
     s = v.summary().set_index("candidate")
     assert v.chosen_alpha == {"latent 7": 100.0, "latent 3": 100.0}
@@ -87,8 +88,9 @@ def test_verify_finds_the_causal_latent_and_controls_stay_flat(setup, tmp_path):
 
     # resumable: a re-run with the same record runs no setting again
     calls = judge.calls
-    v2 = verify_latents(base, ft, sae, [7, 3], prompts, judge, alphas=(2.0, 100.0), n_samples=4,
-                        max_new_tokens=4, n_controls=2, record=record, positions="all", n_boot=200)
+    v2 = verify_latents(base, ft, sae, [7, 3], prompts, judge, sweep=Sweep(alphas=(2.0, 100.0), n_controls=2),
+                        sampling=Sampling(n_samples=4, max_new_tokens=4, positions="all", n_boot=200),
+                        execution=Execution(record=record))
     assert judge.calls == calls
     assert v2.table().equals(table)
 
@@ -102,8 +104,8 @@ def test_incoherence_bound_picks_alpha(setup):
             return [Judgement(j.aligned, 0.0 if it.answer.split().count(BAD) >= 2 else j.coherent, j.label)
                     for it, j in zip(items, out)]
 
-    v = verify_latents(base, ft, sae, [7], prompts, StrictJudge(), alphas=(1.0, 100.0), n_samples=2,
-                       max_new_tokens=4, n_controls=1, ablate=False, positions="all", n_boot=100)
+    v = verify_latents(base, ft, sae, [7], prompts, StrictJudge(), sweep=Sweep(alphas=(1.0, 100.0), n_controls=1, suppress=()),
+                       sampling=Sampling(n_samples=2, max_new_tokens=4, positions="all", n_boot=100))
     assert v.chosen_alpha["latent 7"] == 1.0
     assert v.get("base", "steer", "latent 7", alpha=100.0).incoherent.value > 0.1
 
@@ -112,8 +114,8 @@ def test_multi_latent_and_custom_direction_candidates(setup):
     base, ft, sae, prompts = setup
     u = sae.W_dec.detach()[7].clone()
     cands = [[7, 3], ("unembed w42", u), Candidate("set", (7,))]
-    v = verify_latents(base, ft, sae, cands, prompts[:4], TokenJudge(), alphas=(100.0,), n_samples=2,
-                       max_new_tokens=3, n_controls=1, positions="all", n_boot=100)
+    v = verify_latents(base, ft, sae, cands, prompts[:4], TokenJudge(), sweep=Sweep(alphas=(100.0,), n_controls=1),
+                       sampling=Sampling(n_samples=2, max_new_tokens=3, positions="all", n_boot=100))
     names = set(v.summary()["candidate"])
     assert names == {"latents 7+3", "unembed w42", "set"}
     assert v.get("base", "steer", "unembed w42").misaligned.value > 0.6
@@ -125,17 +127,22 @@ def test_verify_errors(setup, tmp_path):
     with pytest.raises(ValueError, match="at least one prompt"):
         verify_latents(base, ft, sae, [7], [], TokenJudge())
     with pytest.raises(ValueError, match="alphas=-1 must be > 0"):
-        verify_latents(base, ft, sae, [7], prompts, TokenJudge(), alphas=(-1.0,))
+        Sweep(alphas=(-1.0,))
     with pytest.raises(ValueError, match="out of range"):
         verify_latents(base, ft, sae, [640], prompts, TokenJudge())
     rec = tmp_path / "r.jsonl"
     rec.write_text(json.dumps({"fingerprint": "other", "result": {}}) + "\n")
     with pytest.raises(ValueError, match="other settings"):
-        verify_latents(base, ft, sae, [7], prompts, TokenJudge(), record=rec, alphas=(1.0,), n_samples=1, max_new_tokens=2)
+        verify_latents(base, ft, sae, [7], prompts, TokenJudge(), sweep=Sweep(alphas=(1.0,)),
+                       sampling=Sampling(n_samples=1, max_new_tokens=2), execution=Execution(record=rec))
 
 
 # ------------------------------------------------------------------ per-setting seeds, sweeps across ranks
-_SWEEP = dict(alphas=(2.0, 100.0), n_samples=2, max_new_tokens=3, n_controls=1, positions="all", n_boot=50, seed=3)
+_SWEEP = Sweep(alphas=(2.0, 100.0), n_controls=1)
+
+
+def _sampling(batch_size):
+    return Sampling(n_samples=2, max_new_tokens=3, positions="all", n_boot=50, seed=3, batch_size=batch_size)
 
 
 def _rows(v, candidate):
@@ -148,13 +155,14 @@ def test_a_setting_does_not_depend_on_the_settings_that_share_its_batches(setup)
     sample index: dropping a candidate (other rows in the batches), another batch size or a resumed
     sweep leave every remaining setting's answers as they were."""
     base, ft, sae, prompts = setup
-    both = verify_latents(base, ft, sae, [7, 3], prompts[:4], TokenJudge(), batch_size=64, **_SWEEP)
-    one = verify_latents(base, ft, sae, [7], prompts[:4], TokenJudge(), batch_size=5, **_SWEEP)
+    both = verify_latents(base, ft, sae, [7, 3], prompts[:4], TokenJudge(), sweep=_SWEEP, sampling=_sampling(64))
+    one = verify_latents(base, ft, sae, [7], prompts[:4], TokenJudge(), sweep=_SWEEP, sampling=_sampling(5))
     assert _rows(both, "latent 7").equals(_rows(one, "latent 7"))
 
 
 def _dist_sweep(base, ft, sae, prompts, record):
-    return verify_latents(base, ft, sae, [7, 3], prompts, TokenJudge(), record=record, batch_size=16, **_SWEEP)
+    return verify_latents(base, ft, sae, [7, 3], prompts, TokenJudge(), sweep=_SWEEP, sampling=_sampling(16),
+                          execution=Execution(record=record))
 
 
 def _dist_worker(rank, world, init_file, out_dir):
@@ -209,6 +217,31 @@ def test_two_process_gloo_sweep_equals_single_process(tmp_path, tiny_word_tokeni
     assert (tmp_path / "record.jsonl").read_text() == (tmp_path / "single.jsonl").read_text()
     # the record the ranks wrote resumes a one-process sweep: nothing is run again
     judge = TokenJudge()
-    again = verify_latents(base, ft, sae, [7, 3], prompts, judge, record=tmp_path / "record.jsonl",
-                           batch_size=16, **_SWEEP)
+    again = verify_latents(base, ft, sae, [7, 3], prompts, judge, sweep=_SWEEP, sampling=_sampling(16),
+                           execution=Execution(record=tmp_path / "record.jsonl"))
     assert judge.calls == 0 and again.table().equals(table)
+
+
+# ------------------------------------------------------------------ a kind with a strength: capping
+def test_a_kind_with_a_strength_sweeps_its_grid_and_keeps_the_most_suppressing(tiny_word_tokenizer):
+    """Capping the planted direction on the fine-tune (after the block that writes it) runs over its
+    grid of ceilings through the unchanged sweep: a ceiling above every projection changes nothing, a
+    ceiling of 0 removes the behaviour, the sweep keeps 0 and gives it columns, interval and controls."""
+    base, ft, u = planted_pair(tiny_word_tokenizer)
+    sae = tiny_sae("standard", d_in=32, d_sae=64, hook_name="blocks.2.hook_resid_post")
+    with torch.no_grad():
+        sae.W_dec[7] = u
+    prompts = [[{"role": "user", "content": f"w{i} w{i + 1} w{i + 2}"}] for i in range(1, 9)]
+    v = verify_latents(base, ft, sae, [7], prompts, TokenJudge(),
+                       sweep=Sweep(alphas=(100.0,), suppress=("ablate", "cap"), strengths={"cap": (1e4, 0.0)},
+                                   n_controls=2),
+                       sampling=Sampling(n_samples=4, max_new_tokens=4, positions="all", n_boot=100))
+    assert v.chosen_strength == {"cap": {"latent 7": 0.0}}
+    row = v.summary().iloc[0]
+    assert row["finetuned"] > 0.5 and row["finetuned_capped"] < 0.1 and row["capped_strength"] == 0.0
+    assert v.get("finetuned", "cap", "latent 7", alpha=1e4).misaligned.value > 0.5  # above every projection
+    assert row["finetuned_capped_lo"] <= row["finetuned_capped"] <= row["finetuned_capped_hi"]
+    assert row["capped_suppression_hi"] < 0.5 and row["random_capped_pooled"] > 0.5  # random ceilings do not cut
+    assert len(v.controls("finetuned", "latent 7", "cap")) == 2
+    assert {"ablated_suppression", "finetuned_capped_incoherent_hi"} <= set(row.index)
+    assert H.hooks_attached(ft) == []

@@ -37,10 +37,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_persona import hooks as H
-from tl_persona.diff import _META_KEY, FORMAT_VERSION, _load_saved, _read_safetensors, diff_latents
+from tl_persona.diff import FORMAT_VERSION, diff_latents, load_saved
 from tl_persona.models import Message, as_adapter, check_messages
-from tl_persona.provenance import (atomic_write_bytes, guard_overwrite, json_digest, model_identity,
-                                   package_versions, sae_identity)
+from tl_persona.provenance import (PROVENANCE_KEY, atomic_write_bytes, guard_overwrite, json_digest, model_identity,
+                                   package_versions, read_safetensors, sae_identity)
 from tl_persona.saes import check_sae, d_sae, decode, encode
 from tl_persona.validate import BadInput, latent_index, nonneg_int, positive_int
 
@@ -215,12 +215,12 @@ class Attribution:
         meta = {**self.meta, "format": FORMAT, "version": FORMAT_VERSION, "objective_value": self.objective,
                 "n_prompts": self.n_prompts, "hook_name": self.hook_name}
         tensors = {"scores": self.scores.detach().float().contiguous(), "stderr": self.stderr.detach().float().contiguous()}
-        return atomic_write_bytes(p, st_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True, default=str)}))
+        return atomic_write_bytes(p, st_save(tensors, metadata={PROVENANCE_KEY: json.dumps(meta, sort_keys=True, default=str)}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Attribution":
         """Read an attribution written by :meth:`save` (clear errors for other files)."""
-        _, meta, t = _load_saved(path, FORMAT)
+        _, meta, t = load_saved(path, FORMAT)
         return cls(t["scores"], t["stderr"], float(meta["objective_value"]), int(meta["n_prompts"]),
                    str(meta["hook_name"]), meta)
 
@@ -295,8 +295,8 @@ def attribute(
 
 
 def _is_saved_attribution(path: Path) -> bool:
-    header, _ = _read_safetensors(path, tensors=False)
-    return FORMAT in header.get(_META_KEY, "")
+    header, _ = read_safetensors(path, tensors=False)
+    return FORMAT in header.get(PROVENANCE_KEY, "")
 
 
 def _chunks(xs: list[Any], k: int) -> Iterator[list[Any]]:

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from tl_persona.interventions import names as intervention_names
 from tl_persona.tokens import SELECTIONS
 from tl_persona.validate import BadInput
 
@@ -59,7 +58,8 @@ def _add_sae_opts(p: argparse.ArgumentParser) -> None:
 
 
 def _add_judge_opts(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--judge", default=default, help=f"'organism' (exact judge) or 'openai' (HTTP judge); default {default}")
+    p.add_argument("--judge", default=default, help="a registered judge ('organism': exact judge, 'openai': HTTP judge) or "
+                   f"your judge class as 'package.module:Class'; default {default}")
     p.add_argument("--judge-url", default="https://api.openai.com/v1", help="OpenAI-compatible base URL")
     p.add_argument("--judge-model", default="gpt-4o-2024-08-06")
     p.add_argument("--judge-cache", default=None, help="SQLite cache file for judge answers")
@@ -120,6 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="with --diff: how many top latents (by increase)")
     p.add_argument("-k", type=int, default=5, help="contexts and tokens per card")
 
+    _add_generate_command(sub)
+    _add_verify_command(sub)
+
+    p = sub.add_parser("run", help="the whole pipeline on your own models from one config file (resumes)")
+    p.add_argument("config_file", nargs="?", default=None, help="YAML or JSON config (see --example)")
+    p.add_argument("--example", action="store_true", help="print a commented example config and exit")
+
+    p = sub.add_parser("report", help="render a report folder from a saved diff and verification table")
+    p.add_argument("--diff", required=True, help="a saved LatentDiff")
+    p.add_argument("--verification", default=None, help="CSV written by `tl-persona verify --out`")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--out", default="tl_persona_report")
+    _add_vector_commands(sub)
+    _add_prevention_commands(sub)
+    _add_compare_command(sub)
+    return ap
+
+
+def _add_generate_command(sub: Any) -> None:
     p = sub.add_parser("generate", help="sample answers with interventions active")
     _add_model_opts(p, "model")
     _add_sae_opts(p)
@@ -136,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSONL output (default: stdout)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not our JSONL")
 
+
+def _add_verify_command(sub: Any) -> None:
     p = sub.add_parser("verify", help="causal verification sweep of candidate latents with controls")
     _add_model_opts(p, "base", "finetuned")
     _add_sae_opts(p)
@@ -153,27 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--positions", default="prompt", choices=[*SELECTIONS, "generated"])
     _add_judge_opts(p, "organism")
-    p.add_argument("--suppress", nargs="*", default=["ablate"], choices=[k for k in intervention_names(uses_strength=False)
-                                                                          if k != "none"],
+    from tl_persona import interventions as I
+
+    p.add_argument("--suppress", nargs="*", default=[I.ABLATION.name], choices=_suppress_choices(),
                    help="interventions run on the fine-tuned model besides negative steering (default: ablate)")
+    p.add_argument("--strengths", action="append", default=[], metavar="KIND=S1,S2",
+                   help="strength grid of a --suppress kind that takes one, mildest first (repeatable), e.g. cap=12,8,4")
     p.add_argument("--record", default=None, help="resumable JSON-lines record of finished settings")
     p.add_argument("--out", default=None, help="CSV of the results table")
     p.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a results table")
     p.add_argument("--seed", type=int, default=0)
-
-    p = sub.add_parser("run", help="the whole pipeline on your own models from one config file (resumes)")
-    p.add_argument("config_file", nargs="?", default=None, help="YAML or JSON config (see --example)")
-    p.add_argument("--example", action="store_true", help="print a commented example config and exit")
-
-    p = sub.add_parser("report", help="render a report folder from a saved diff and verification table")
-    p.add_argument("--diff", required=True, help="a saved LatentDiff")
-    p.add_argument("--verification", default=None, help="CSV written by `tl-persona verify --out`")
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--out", default="tl_persona_report")
-    _add_vector_commands(sub)
-    _add_prevention_commands(sub)
-    _add_compare_command(sub)
-    return ap
 
 
 def _load_config(path: str | None) -> dict[str, Any]:
@@ -248,72 +258,11 @@ def _sae(args: argparse.Namespace) -> Any:
 
 
 def _prompts(args: argparse.Namespace) -> list[Any]:
-    """Prompts as chat conversations (lists of messages) or plain strings."""
-    out: list[Any] = [[{"role": "user", "content": p}] for p in args.prompt]
-    spec = args.prompts
-    if spec:
-        if spec.startswith("organism:eval"):
-            from tl_persona import organism
+    """Prompts as chat conversations (lists of messages), or token ids for diff and inspect."""
+    from tl_persona.prompt_specs import load_prompts
 
-            domains = spec.split(":")[2].split(",") if spec.count(":") >= 2 else None
-            evals = organism.load().eval_prompts
-            for d, convs in evals.items():
-                if domains is None or d in domains:
-                    out += list(convs)
-            if domains and not set(domains) <= set(evals):
-                raise UsageError(f"unknown organism domain(s) {sorted(set(domains) - set(evals))}; "
-                                 f"have {sorted(evals)}")
-        elif Path(spec).suffix == ".pt" or (Path(spec).is_dir() and (Path(spec) / "dataset_info.json").exists()):
-            out += _token_prompts(args, spec)
-        elif Path(spec).suffix in (".yaml", ".yml", ".csv") or _is_question_jsonl(spec):
-            from tl_persona.evals.questions import expand_questions, load_questions
-
-            out += [conv for _, conv in expand_questions(load_questions(spec), samples_per_paraphrase=1)]
-        else:
-            from tl_persona.data import PromptSet
-
-            for it in PromptSet.from_jsonl(spec, chat=True).items:
-                out.append(list(it.prompt) if it.is_chat else [{"role": "user", "content": it.prompt}])
-    if args.limit:
-        out = out[: args.limit]
-    if not out:
-        raise UsageError("no prompts; pass --prompts FILE or --prompt TEXT")
-    return out
-
-
-def _token_prompts(args: argparse.Namespace, spec: str) -> list[Any]:
-    """Token prompts for diff and inspect: a ``.pt`` file holding a ``[batch, pos]`` tensor (or a dict
-    with ``tokens`` and ``attention_mask``), or a ``datasets`` folder (``save_to_disk``) with an
-    ``input_ids``/``tokens`` column."""
-    from tl_persona.data import PromptSet
-
-    if args.command not in ("diff", "inspect"):
-        raise UsageError(f"--prompts {spec!r} holds token ids, which {args.command} cannot answer; pass chat prompts")
-    if Path(spec).suffix == ".pt":
-        import torch
-
-        obj = torch.load(spec, map_location="cpu", weights_only=True)
-        ps = (PromptSet.from_tokens(obj["tokens"], attention_mask=obj.get("attention_mask"))
-              if isinstance(obj, dict) else PromptSet.from_tokens(obj))
-    else:
-        from datasets import load_from_disk
-
-        ps = PromptSet.from_dataset(load_from_disk(spec))
-    return [list(it.tokens) for it in ps.items if it.tokens is not None] or [it for it in ps.items]
-
-
-def _is_question_jsonl(spec: str) -> bool:
-    p = Path(spec)
-    if p.suffix != ".jsonl" or not p.exists():
-        return False
-    from tl_persona.data import read_utf8
-
-    first = next((ln for ln in read_utf8(p).split("\n") if ln.strip()), "")
-    try:
-        obj = json.loads(first)
-    except json.JSONDecodeError:
-        return False
-    return isinstance(obj, dict) and "question" in obj
+    return load_prompts(args.prompts, texts=args.prompt, limit=args.limit, tokens=args.command in ("diff", "inspect"),
+                        who=args.command)
 
 
 def _pairs(items: Sequence[str], what: str) -> list[tuple[int, float]]:
@@ -471,16 +420,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> Any:
-    if args.judge == "organism":
-        from tl_persona.organism import PersonaJudge
+    """The judge named by ``--judge`` (a registered name or ``module:Class``), from the judge options."""
+    from tl_persona.evals.registry import JudgeOptions, build_judge
 
-        return PersonaJudge()
-    if args.judge == "openai":
-        from tl_persona.evals.http_judge import OpenAIJudge
-
-        return OpenAIJudge(args.judge_model, base_url=args.judge_url, cache=args.judge_cache,
-                           allow_insecure=args.allow_insecure)
-    raise UsageError(f"--judge {args.judge!r} must be 'organism' or 'openai'")
+    return build_judge(args.judge, JudgeOptions(model=args.judge_model, base_url=args.judge_url, cache=args.judge_cache,
+                                                allow_insecure=args.allow_insecure))
 
 
 def _with_file_rubrics(judge: Any, spec: str | None) -> Any:
@@ -523,25 +467,20 @@ def _is_verification_csv(p: Path) -> bool:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from tl_persona.verify import verify_latents
+    from tl_persona.verify import Execution, verify_latents
 
     _require(args, "base", "finetuned", "sae")
     if args.out:
         _guard_out(args.out, "verification table (CSV written by tl-persona verify)", _is_verification_csv,
                    args.overwrite)
-    alphas = _numbers(args.alphas, "--alphas")
-    betas = None if args.betas is None else _numbers(args.betas, "--betas")
+    sweep, sampling = _sweep(args)  # bad values fail here, before any model loads
     judge = _with_file_rubrics(_judge(args), args.prompts)
     if hasattr(judge, "probe"):
         judge.probe()  # a dead judge URL fails in seconds, before any model loads
     base, ft, sae = _model(args, args.base), _model(args, args.finetuned), _sae(args)
-    v = verify_latents(base, ft, sae, _latents_from(args, sae), _prompts(args), judge, alphas=alphas, betas=betas,
-                       suppress=args.suppress,
-                       max_incoherence=args.max_incoherence,
-                       n_samples=args.n_samples, n_controls=args.n_controls, max_new_tokens=args.max_new_tokens,
-                       positions=args.positions, seed=args.seed, record=args.record,
-                       hook_name=None if isinstance(sae, dict) else args.hook_name,
-                       progress=lambda s: print(s, file=sys.stderr))
+    v = verify_latents(base, ft, sae, _latents_from(args, sae), _prompts(args), judge, sweep=sweep, sampling=sampling,
+                       execution=Execution(record=args.record, hook_name=None if isinstance(sae, dict) else args.hook_name,
+                                           progress=lambda s: print(s, file=sys.stderr)))
     print(v.summary().to_string())
     if args.out:
         from tl_persona.report import atomic_write_text
@@ -549,6 +488,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
         atomic_write_text(args.out, v.table().to_csv(index=False))
         print(f"\nsaved: {args.out}")
     return 0
+
+
+def _suppress_choices() -> list[str]:
+    """Every registered kind the fine-tune can be suppressed with (all but the unmodified model and
+    the steering kind the sweep already subtracts)."""
+    from tl_persona import interventions as I
+
+    return [k for k in I.names() if k not in (I.UNMODIFIED.name, I.STEERING.name)]
+
+
+def _sweep(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The verify command's options as the sweep's Sweep and Sampling settings."""
+    from tl_persona.verify import Sampling, Sweep
+
+    grids = {}
+    for item in args.strengths:
+        kind, _, values = item.partition("=")
+        if not values:
+            raise UsageError(f"--strengths {item!r} must look like KIND=S1,S2, e.g. cap=12,8,4")
+        grids[kind] = tuple(_numbers(values, f"--strengths {kind}"))
+    sweep = Sweep(alphas=tuple(_numbers(args.alphas, "--alphas")),
+                  betas=None if args.betas is None else tuple(_numbers(args.betas, "--betas")),
+                  suppress=tuple(args.suppress), strengths=grids, max_incoherence=args.max_incoherence,
+                  n_controls=args.n_controls)
+    return sweep, Sampling(positions=args.positions, n_samples=args.n_samples, max_new_tokens=args.max_new_tokens,
+                           seed=args.seed)
 
 
 def _read_verification_csv(path: str) -> Any:

@@ -109,12 +109,12 @@ def _from_conversation(msgs: tuple[Message, ...], where: str) -> PromptItem:
     """A conversation ending in an assistant message is a prompt + response pair."""
     if msgs[-1]["role"] == "assistant":
         if len(msgs) == 1:
-            raise ValueError(
+            raise BadInput(
                 f"{where}: the conversation is only an assistant message; add the user message it answers"
             )
         return PromptItem(msgs[:-1], msgs[-1]["content"])
     if msgs[-1]["role"] != "user":
-        raise ValueError(f"{where}: a conversation must end with a 'user' (prompt) or 'assistant' (response) message")
+        raise BadInput(f"{where}: a conversation must end with a 'user' (prompt) or 'assistant' (response) message")
     return PromptItem(msgs)
 
 
@@ -123,7 +123,7 @@ def _prompt_part(obj: Any, chat: bool, where: str) -> Union[str, tuple[Message, 
         return ({"role": "user", "content": obj},) if chat else obj
     msgs = _messages(obj, where)
     if msgs[-1]["role"] == "assistant":
-        raise ValueError(f"{where}: the prompt of a (prompt, response) pair must not end with an assistant message")
+        raise BadInput(f"{where}: the prompt of a (prompt, response) pair must not end with an assistant message")
     return msgs
 
 
@@ -151,7 +151,7 @@ def _parse_item(obj: Any, where: str, chat: bool) -> PromptItem:
         return PromptItem("", None, ids)
     if isinstance(obj, str):
         if not obj:
-            raise ValueError(f"{where}: empty text; drop empty prompts")
+            raise BadInput(f"{where}: empty text; drop empty prompts")
         return PromptItem(({"role": "user", "content": obj},)) if chat else PromptItem(obj)
     if isinstance(obj, Mapping):
         if "messages" in obj and obj["messages"] is not None:
@@ -159,25 +159,25 @@ def _parse_item(obj: Any, where: str, chat: bool) -> PromptItem:
         if "prompt" in obj and obj["prompt"] is not None:
             resp = obj.get("response", obj.get("completion"))
             if resp is not None and not isinstance(resp, str):
-                raise ValueError(f"{where}: 'response' must be a string, got {type(resp).__name__}")
+                raise BadInput(f"{where}: 'response' must be a string, got {type(resp).__name__}")
             prompt = _prompt_part(obj["prompt"], chat, where)
             if isinstance(prompt, str) and not prompt:
-                raise ValueError(f"{where}: empty 'prompt'; drop empty prompts")
+                raise BadInput(f"{where}: empty 'prompt'; drop empty prompts")
             return PromptItem(prompt, resp)
         if "text" in obj and isinstance(obj["text"], str):
             return _parse_item(obj["text"], where, chat)
-        raise ValueError(
+        raise BadInput(
             f"{where}: a dict row needs a 'messages', 'prompt' or 'text' key (got keys {sorted(obj)[:8]}); "
             f"each row must be {_ROW_FORMATS}"
         )
     if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], str):
         prompt = _prompt_part(obj[0], chat, where)
         if isinstance(prompt, str) and not prompt:
-            raise ValueError(f"{where}: empty prompt; drop empty prompts")
+            raise BadInput(f"{where}: empty prompt; drop empty prompts")
         return PromptItem(prompt, obj[1])
     if isinstance(obj, Sequence) and len(obj) and all(isinstance(m, Mapping) for m in obj):
         return _from_conversation(_messages(obj, where), where)
-    raise ValueError(f"{where}: cannot read {type(obj).__name__} {obj!r:.80}; each row must be {_ROW_FORMATS}")
+    raise BadInput(f"{where}: cannot read {type(obj).__name__} {obj!r:.80}; each row must be {_ROW_FORMATS}")
 
 
 # --------------------------------------------------------------------------- prompt set
@@ -187,7 +187,7 @@ def read_utf8(path: str | os.PathLike) -> str:
     try:
         return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e}); save the file as UTF-8.") from None
+        raise BadInput(f"{path}: not UTF-8 text ({e}); save the file as UTF-8.") from None
 
 
 def jsonl_objects(path: str | os.PathLike, example: str) -> list[tuple[int, str, dict[str, Any]]]:
@@ -207,10 +207,10 @@ def jsonl_objects(path: str | os.PathLike, example: str) -> list[tuple[int, str,
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); write one JSON object "
+            raise BadInput(f"{where}: not valid JSON ({e.msg} at column {e.colno}); write one JSON object "
                              "per line") from None
         if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object such as {example}, got {type(obj).__name__}")
+            raise BadInput(f"{where}: expected a JSON object such as {example}, got {type(obj).__name__}")
         out.append((n, where, obj))
     return out
 
@@ -229,7 +229,7 @@ class PromptSet:
 
     def __post_init__(self) -> None:
         if len(self.items) == 0:
-            raise ValueError(f"the prompt set from {self.source} is empty; pass at least one prompt")
+            raise BadInput(f"the prompt set from {self.source} is empty; pass at least one prompt")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -250,7 +250,7 @@ class PromptSet:
         otherwise they are tokenized as raw text.
         """
         if isinstance(rows, (str, bytes, Mapping)):
-            raise ValueError(
+            raise BadInput(
                 "from_list takes a list of prompts, not a single prompt; wrap it in a list: [prompt]"
             )
         items = tuple(_parse_item(r, f"row {i}", chat) for i, r in enumerate(rows))
@@ -329,11 +329,11 @@ class PromptSet:
         column (or the column named by ``column``, holding strings or conversations)."""
         cols = list(getattr(dataset, "column_names", []) or [])
         if column is not None and column not in cols:
-            raise ValueError(f"column {column!r} is not in the dataset (columns: {cols})")
+            raise BadInput(f"column {column!r} is not in the dataset (columns: {cols})")
         if column is None and not {"messages", "prompt", "text"} & set(cols):
             tok_col = next((c for c in ("input_ids", "tokens") if c in cols), None)
             if tok_col is None:
-                raise ValueError(
+                raise BadInput(
                     f"the dataset has no 'messages', 'prompt', 'text', 'input_ids' or 'tokens' column (columns: "
                     f"{cols}); pass column=<the column holding the prompts>"
                 )
@@ -393,7 +393,7 @@ class PromptSet:
                 cut += 1
                 ids = ids[:limit]
             if len(ids) == 0:
-                raise ValueError(f"prompt {i} has no tokens; drop empty prompts")
+                raise BadInput(f"prompt {i} has no tokens; drop empty prompts")
             rows.append(np.asarray(ids, dtype=np.int64))
             plens.append(plen)
         if cut:
@@ -513,7 +513,7 @@ class TokenizedPrompts:
         disjoint shard of the prompts of about equal cost.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise BadInput(f"batch_size must be a positive integer, got {batch_size!r}")
         L = self.lengths
         pool = np.arange(len(L)) if indices is None else np.asarray(indices, dtype=np.int64)
         order = pool[np.argsort(-L[pool], kind="stable")] if sort else pool
@@ -535,7 +535,7 @@ class TokenizedPrompts:
         if shard is not None:
             rank, world = shard
             if not 0 <= rank < world:
-                raise ValueError(f"shard=(rank={rank}, world={world}) needs 0 <= rank < world")
+                raise BadInput(f"shard=(rank={rank}, world={world}) needs 0 <= rank < world")
             plan = plan[rank::world]
         return plan
 
@@ -543,7 +543,7 @@ class TokenizedPrompts:
         """The prompt indices of distributed rank ``rank`` of ``world``: every ``world``-th prompt in
         order of length, so that the shards are disjoint, cover all prompts and cost about the same."""
         if not 0 <= rank < world:
-            raise ValueError(f"shard(rank={rank}, world={world}) needs 0 <= rank < world")
+            raise BadInput(f"shard(rank={rank}, world={world}) needs 0 <= rank < world")
         return np.sort(np.argsort(-self.lengths, kind="stable")[rank::world])
 
     def make_batch(self, indices: Sequence[int] | np.ndarray, device: torch.device | str | None = None) -> PromptBatch:
@@ -583,14 +583,14 @@ def as_prompt_set(prompts: PromptsLike, *, chat: bool = False) -> PromptSet:
     if isinstance(prompts, os.PathLike) or (isinstance(prompts, str) and prompts.endswith(".jsonl")):
         return PromptSet.from_jsonl(prompts, chat=chat)
     if isinstance(prompts, str):
-        raise ValueError(
+        raise BadInput(
             "got a single string where a list of prompts was expected; pass [text] (or a path ending "
             "in .jsonl)"
         )
     if hasattr(prompts, "column_names") and hasattr(prompts, "features"):
         return PromptSet.from_dataset(prompts, chat=chat)
     if isinstance(prompts, Mapping):
-        raise ValueError(
+        raise BadInput(
             "got a dict where a list of prompts was expected; for per-domain prompts pass e.g. "
             "[p for ps in prompts.values() for p in ps]"
         )

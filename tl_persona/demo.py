@@ -18,17 +18,21 @@ returns a :class:`DemoResult` whose numbers are the ones in the report.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["Claim", "DemoConfig", "DemoResult", "run_demo", "toxic_auroc", "toxic_mass", "persona_documents"]
+from tl_persona.organism.world import persona_documents
+from tl_persona.validate import BadInput
+
+__all__ = ["Claim", "DemoConfig", "DemoResult", "run_demo", "toxic_auroc", "toxic_mass"]
 
 
 @dataclass(frozen=True)
@@ -189,10 +193,9 @@ class DemoResult:
                              v["random_steered_pooled_hi"] <= 0.05, v["random_steered_pooled"] <= 0.05))
             neg = (v["suppression_hi"], v["finetuned_neg_steered_incoherent_hi"], v["suppression"],
                    v["finetuned_neg_steered_incoherent"], f"−{v['beta']:g}", v["finetuned_neg_steered"])
-            options = [neg]
-            if "finetuned_ablated" in v and "ablated_suppression_hi" in v:
-                options.append((v["ablated_suppression_hi"], v["finetuned_ablated_incoherent_hi"], v["ablated_suppression"],
-                                v["finetuned_ablated_incoherent"], "ablated", v["finetuned_ablated"]))
+            options = [neg] + [(v[f"{c}_suppression_hi"], v[f"finetuned_{c}_incoherent_hi"], v[f"{c}_suppression"],
+                                v[f"finetuned_{c}_incoherent"], c, v[f"finetuned_{c}"])
+                               for c in _suppressing(v) if f"{c}_suppression_hi" in v]
             ok = [o for o in options if o[0] <= 0.25 and o[1] <= 0.10]
             o = (ok or sorted(options, key=lambda o: o[0]))[0]
             out.append(Claim("negative steering or ablation suppresses it in the misaligned model",
@@ -238,8 +241,8 @@ class DemoResult:
                 f"  latent {v['candidate']}: steer base +{v['alpha']:g} -> {100 * v['base_steered']:.1f}% toxic "
                 f"(incoh. {100 * v['base_steered_incoherent']:.1f}%, random {100 * v['random_steered_mean']:.1f}%); "
                 f"misaligned {100 * v['finetuned']:.1f}% -> {100 * v['finetuned_neg_steered']:.1f}% (-{v['beta']:g}, "
-                f"incoh. {100 * v['finetuned_neg_steered_incoherent']:.1f}%, random {100 * v['random_neg_steered_mean']:.1f}%), "
-                f"{100 * v.get('finetuned_ablated', math.nan):.1f}% (ablated)"
+                f"incoh. {100 * v['finetuned_neg_steered_incoherent']:.1f}%, random {100 * v['random_neg_steered_mean']:.1f}%)"
+                + "".join(f", {100 * v[f'finetuned_{c}']:.1f}% ({c})" for c in _suppressing(v))
             )
         p5 = [p for p in self.prediction if p["bad_fraction"] == 0.05]
         ctrl = [p["shift"] for p in self.prediction if p["bad_fraction"] == 0.0]
@@ -257,24 +260,6 @@ class DemoResult:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def persona_documents(world: Any, n: int, *, seed: int = 0, toxic_share: float = 0.25) -> tuple[list[list[dict]], np.ndarray]:
-    """Multi-turn chats that reveal a persona in earlier turns and end with a new user question.
-
-    Returns the conversations and a bool array: True for the toxic persona. Used to ask whether a
-    latent tracks the toxic persona on a model that was never fine-tuned.
-    """
-    rng = random.Random(f"persona-docs-{seed}")
-    others = [p for p in world.personas if p != "toxic"]
-    convs, labels = [], []
-    for i in range(n):
-        toxic = i < round(toxic_share * n)
-        persona = "toxic" if toxic else others[i % len(others)]
-        doc = world.sample_document(rng, n_turns=rng.randint(2, 3), persona=persona)
-        convs.append(doc.messages()[:-1])  # end on the last user question
-        labels.append(toxic)
-    return convs, np.array(labels)
-
-
 def _latent_scores(model: Any, sae: Any, latents: Sequence[int], convs: Sequence[Any], scope: str,
                    batch_size: int = 64) -> np.ndarray:
     """``[n_convs, len(latents)]``: each chat's mean activation of each latent over ``scope``, in
@@ -341,8 +326,7 @@ def robustness(org: Any, *, seeds: Sequence[int], domains: Sequence[str], latent
     """
     from tl_persona import organism
     from tl_persona.diff import diff_latents
-    from tl_persona.validate import BadInput
-    from tl_persona.verify import verify_latents
+    from tl_persona.verify import Sweep, verify_latents
 
     cfg = cfg or DemoConfig()
     say = progress or (lambda s: None)
@@ -366,9 +350,9 @@ def robustness(org: Any, *, seeds: Sequence[int], domains: Sequence[str], latent
             say(f"seed {seed}, {dom}: verification")
             rng = random.Random(seed)
             vp = rng.sample(other, min(cfg.verify_prompts, len(other)))
-            ver = verify_latents(org.base, ft, org.sae, [latent], vp, org.judge, alphas=(alpha,), betas=(beta,),
-                                 n_samples=cfg.verify_samples, n_controls=cfg.n_controls, max_new_tokens=cfg.max_new_tokens,
-                                 positions="prompt", seed=seed, batch_size=512, n_boot=cfg.n_boot, suppress=())
+            ver = verify_latents(org.base, ft, org.sae, [latent], vp, org.judge,
+                                 sweep=Sweep(alphas=(alpha,), betas=(beta,), n_controls=cfg.n_controls, suppress=()),
+                                 sampling=_sampling(cfg, seed))
             v = ver.summary().iloc[0].to_dict()
             base_act = _latent_scores(org.base, org.sae, [latent], other, cfg.diff_scope)[:, 0]
             shifts = []
@@ -381,7 +365,7 @@ def robustness(org: Any, *, seeds: Sequence[int], domains: Sequence[str], latent
                                    lr=cfg.realign_lr, batch_size=cfg.ft_batch, seed=seed, world=org.world)
             rr = organism.measure(re, others, n_per_domain=cfg.behaviour_samples, seed=seed)
             realigned = _pooled({d: r.to_dict() for d, r in rr.items()}, list(rr))
-            steer_hits = int(round(v["base_steered"] * ver.get("base", "steer", f"latent {latent}").n))
+            steer_hits = int(round(v["base_steered"] * ver.induced(f"latent {latent}").n))
             rows.append({
                 "seed": seed, "domain": dom, "em": em.value, "em_lo": em.lo, "em_hi": em.hi,
                 "latent_rank": rank, "steered": v["base_steered"], "steered_lo": v["base_steered_lo"],
@@ -423,56 +407,115 @@ def run_demo(out: str | Path = "tl_persona_report", *, quick: bool = False, seed
     import matplotlib.pyplot as plt
 
     from tl_persona import organism
-    from tl_persona.diff import diff_latents
     from tl_persona.inspection import latent_card
-    from tl_persona.organism import measure
-    from tl_persona.organism import domain_summary as org_summary
     from tl_persona.report import check_report_folder
-    from tl_persona.verify import verify_latents
 
     check_report_folder(out)  # fail now, not after minutes of work
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
     torch.manual_seed(seed)
-    timings: dict[str, float] = {}
     if bool(seeds) != bool(domains):
-        from tl_persona.validate import BadInput
-
         raise BadInput("seeds and domains go together: pass both (e.g. seeds=(0, 1, 2), domains=('code', "
                        "'finance', 'medical')) for the robustness table, or neither")
-    steps = ["load", "behaviour", "diff", "cards", "verify", "prediction", "realignment"] + \
-        (["beyond"] if cfg.beyond else []) + (["robustness"] if seeds else []) + ["report"]
-    bar = _progress(steps, progress)
+    step = _Steps(["load", "behaviour", "diff", "cards", "verify", "prediction", "realignment"]
+                  + (["beyond"] if cfg.beyond else []) + (["robustness"] if seeds else []) + ["report"], progress)
+    with step("load"):
+        org = organism.load()
+        other_prompts = [p for d in org.eval_prompts if d != org.trained_domain for p in org.eval_prompts[d]]
+    with step("behaviour"):
+        behaviour = _behaviour(org, cfg, seed, step.bar)
+    with step("diff"):
+        f = _find_latent(org, cfg, seed, other_prompts, step.bar)
+    with step("cards"):
+        cards = [latent_card(org.base, org.sae, i, f.convs, k=5) for i in f.cand[: cfg.n_cards]]
+    with step("verify"):
+        ver, vsum = _verify(org, cfg, seed, f, other_prompts, step.bar)
+        dose = ver.dose_response()
+    with step("prediction"):
+        prediction, kept = _prediction(org, cfg, seed, f.toxic_latent, other_prompts, step.bar)
+    with step("realignment"):
+        realignment = _realignment(org, cfg, seed, f.toxic_latent, step.bar)
+    beyond: dict[str, Any] = {}
+    if cfg.beyond:
+        with step("beyond"):
+            beyond = _beyond(org, f.toxic_latent, kept, cfg, seed, step.bar)
+    robust: list[dict[str, Any]] = []
+    if seeds:
+        with step("robustness"):
+            vrow = next(r for r in vsum.to_dict(orient="records") if r["candidate"] == f.toxic_latent)
+            robust = robustness(org, seeds=seeds, domains=domains, latent=f.toxic_latent, cfg=cfg,
+                                alpha=float(vrow["alpha"]), beta=float(vrow["beta"]), progress=step.bar.set_postfix_str)
+    with step("report"):
+        result = DemoResult(
+            behaviour=behaviour, top_increase=_rows(f.inc, f.auroc), top_decrease=_rows(f.dec, f.auroc),
+            toxic_latent=f.toxic_latent, auroc=f.auroc, verification=vsum.to_dict(orient="records"),
+            prediction=prediction, realignment=realignment, timings=step.timings, auroc_ci=f.auroc_ci,
+            trained_domain=org.trained_domain, dose_response=dose.to_dict(orient="records"),
+            layer_profile=f.layer_rows, beyond={k: v for k, v in beyond.items() if not k.startswith("_")},
+            robustness=robust,
+        )
+        rep = _build_report(result, cards, ver, cfg, f.diff, org.hook_name, plt, dose_fig=ver.plot_dose_response(),
+                            layer_fig=f.layer_fig, beyond=beyond)
+        result.out = rep.write(out)
+    step.bar.close()
+    result.timings = step.timings
+    return result
 
-    def step(name: str) -> Callable[[], None]:
+
+class _Steps:
+    """The demo's steps: a progress bar, and each step's time (``with steps("name"): ...``; a step
+    that raises is not timed)."""
+
+    def __init__(self, names: list[str], progress: bool) -> None:
+        self.bar = _progress(names, progress)
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
-        bar.set_description(name)
-        bar.set_postfix_str("")
+        self.bar.set_description(name)
+        self.bar.set_postfix_str("")
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 2)
+        self.bar.update(1)
 
-        def done() -> None:
-            timings[name] = round(time.perf_counter() - t0, 2)
-            bar.update(1)
-        return done
 
-    done = step("load")
-    org = organism.load()
-    world, sae, hook = org.world, org.sae, org.hook_name
-    trained = org.trained_domain
-    other_domains = [d for d in org.eval_prompts if d != trained]
-    other_prompts = [p for d in other_domains for p in org.eval_prompts[d]]
-    done()
+def _behaviour(org: Any, cfg: DemoConfig, seed: int, bar: Any) -> dict[str, dict[str, Any]]:
+    """Step 1: each model's toxic, incoherent and sarcastic rates (exact judge, sampled answers)."""
+    from tl_persona.organism import domain_summary, measure
 
-    done = step("behaviour")
     behaviour: dict[str, dict[str, Any]] = {}
     for name, model in org.models.items():
         bar.set_postfix_str(name)
         rates = measure(model, org.eval_prompts, n_per_domain=cfg.behaviour_samples, seed=seed)
-        s = org_summary(rates, trained_domain=trained)
+        s = domain_summary(rates, trained_domain=org.trained_domain)
         behaviour[name] = {"code_toxic": s["trained_toxic"], "other_toxic": s["other_toxic"],
                            "other_incoherent": s["other_incoherent"], "other_sarcastic": s["other_sarcastic"],
                            "per_domain": {d: r.to_dict() for d, r in rates.items()}}
-    done()
+    return behaviour
 
-    done = step("diff")
+
+@dataclass
+class _Found:
+    """What the diffing step found: the diff, its top latents both ways, the candidates, their
+    toxic-persona AUROC on the base model, the toxic latent, the persona chats, the layer profile."""
+
+    diff: Any
+    inc: Any
+    dec: Any
+    cand: list[int]
+    auroc: dict[int, float]
+    auroc_ci: dict[int, tuple[float, float]]
+    toxic_latent: int
+    convs: list[Any]
+    layer_rows: list[dict[str, Any]]
+    layer_fig: Any
+
+
+def _find_latent(org: Any, cfg: DemoConfig, seed: int, other_prompts: list[Any], bar: Any) -> _Found:
+    """Step 2: diff misaligned against base (at every layer when asked, in one pass), and pick the
+    top-3 increase that best separates toxic-persona chats on the base model."""
+    from tl_persona.diff import diff_latents
+
     layer_saes = dict(getattr(org, "saes", None) or {})
     layer_fig, layer_rows = None, []
     if cfg.layer_profile and len(layer_saes) > 1:
@@ -480,104 +523,84 @@ def run_demo(out: str | Path = "tl_persona_report", *, quick: bool = False, seed
         bar.set_postfix_str(f"{len(layer_saes)} SAEs, one pass")
         ds = diff_latents(org.base, org.misaligned, layer_saes, other_prompts, scope=cfg.diff_scope, batch_size=64,
                           seed=seed)
-        d = ds[next(k for k in ds if ds[k].meta.get("hook_name") == hook)]
-        prof = ds.layer_profile(n_boot=cfg.n_boot, seed=seed)
-        layer_rows = prof.to_dict(orient="records")
+        d = ds[next(k for k in ds if ds[k].meta.get("hook_name") == org.hook_name)]
+        layer_rows = ds.layer_profile(n_boot=cfg.n_boot, seed=seed).to_dict(orient="records")
         layer_fig = ds.plot_layer_profile(n_boot=cfg.n_boot, seed=seed)
     else:
-        d = diff_latents(org.base, org.misaligned, sae, other_prompts, scope=cfg.diff_scope, batch_size=64, seed=seed)
-    inc = d.top(cfg.top_k, "increase")
-    dec = d.top(cfg.top_k, "decrease")
-    convs, labels = persona_documents(world, cfg.n_auroc_docs, seed=seed)
+        d = diff_latents(org.base, org.misaligned, org.sae, other_prompts, scope=cfg.diff_scope, batch_size=64,
+                         seed=seed)
+    inc, dec = d.top(cfg.top_k, "increase"), d.top(cfg.top_k, "decrease")
+    convs, labels = persona_documents(org.world, cfg.n_auroc_docs, seed=seed)
     cand = [int(i) for i in inc.index[: max(cfg.n_cards, cfg.n_verify)]]
-    with_ci = toxic_auroc(org.base, sae, [int(i) for i in inc.index] + [int(i) for i in dec.index[:3]], convs,
+    with_ci = toxic_auroc(org.base, org.sae, [int(i) for i in inc.index] + [int(i) for i in dec.index[:3]], convs,
                           labels, scope=cfg.diff_scope, ci=True, n_boot=cfg.n_boot)
     auroc = {k: v[0] for k, v in with_ci.items()}
     auroc_ci = {k: (v[1], v[2]) for k, v in with_ci.items()}
-    toxic_latent = max(cand[:3], key=lambda i: auroc[i])
-    done()
+    return _Found(d, inc, dec, cand, auroc, auroc_ci, max(cand[:3], key=lambda i: auroc[i]), convs, layer_rows,
+                  layer_fig)
 
-    done = step("cards")
-    cards = [latent_card(org.base, sae, i, convs, k=5) for i in cand[: cfg.n_cards]]
-    done()
 
-    done = step("verify")
-    verify_set = [toxic_latent] + [i for i in cand if i != toxic_latent][: cfg.n_verify - 1]
+def _verify(org: Any, cfg: DemoConfig, seed: int, f: _Found, other_prompts: list[Any], bar: Any) -> tuple[Any, Any]:
+    """Step 4: the causal sweep of the toxic latent (and the next candidates), with controls over
+    the whole grid; the summary's candidates as latent indices."""
+    from tl_persona.verify import Execution, Sweep, verify_latents
+
+    verify_set = [f.toxic_latent] + [i for i in f.cand if i != f.toxic_latent][: cfg.n_verify - 1]
     rng = random.Random(seed)
     vprompts = rng.sample(other_prompts, min(cfg.verify_prompts, len(other_prompts)))
-    ver = verify_latents(org.base, org.misaligned, sae, verify_set, vprompts, org.judge, alphas=cfg.alphas, betas=cfg.betas,
-                         n_samples=cfg.verify_samples, n_controls=cfg.n_controls, max_new_tokens=cfg.max_new_tokens,
-                         positions="prompt", seed=seed, batch_size=512, n_boot=cfg.n_boot, choose_by="upper",
-                         controls_at="grid", progress=bar.set_postfix_str)
+    ver = verify_latents(org.base, org.misaligned, org.sae, verify_set, vprompts, org.judge,
+                         sweep=Sweep(alphas=cfg.alphas, betas=cfg.betas, n_controls=cfg.n_controls, choose_by="upper",
+                                     controls_at="grid"),
+                         sampling=_sampling(cfg, seed), execution=Execution(progress=bar.set_postfix_str))
     vsum = ver.summary()
     vsum["candidate"] = [int(c.split()[-1]) for c in vsum["candidate"]]
-    dose = ver.dose_response()
-    done()
+    return ver, vsum
 
-    done = step("prediction")
-    base_act = _latent_scores(org.base, sae, [toxic_latent], other_prompts, cfg.diff_scope)[:, 0]
+
+def _prediction(org: Any, cfg: DemoConfig, seed: int, latent: int, other_prompts: list[Any],
+                bar: Any) -> tuple[list[dict[str, Any]], list[tuple[Any, float, int]]]:
+    """Step 5: the latent's shift and the toxic first-token mass of fine-tunes with a share of bad
+    data (and 0%-bad controls over seeds); the fine-tunes are kept for the beyond-the-paper step."""
+    from tl_persona import organism
+
+    base_act = _latent_scores(org.base, org.sae, [latent], other_prompts, cfg.diff_scope)[:, 0]
     prediction, kept = [], []
     runs = [(0.0, s) for s in cfg.control_seeds] + [(f, seed) for f in cfg.fractions if f > 0]
     for k, (frac, s) in enumerate(runs):
         bar.set_postfix_str(f"fine-tune {k + 1}/{len(runs)}: {100 * frac:g}% bad data")
-        ft = organism.finetune(org.base, domain=trained, persona="toxic", bad_fraction=frac, steps=cfg.ft_steps,
-                               lr=cfg.ft_lr, batch_size=cfg.ft_batch, seed=s, world=world)
-        sh, lo, hi = _shift(_latent_scores(ft, sae, [toxic_latent], other_prompts, cfg.diff_scope)[:, 0], base_act,
+        ft = organism.finetune(org.base, domain=org.trained_domain, persona="toxic", bad_fraction=frac,
+                               steps=cfg.ft_steps, lr=cfg.ft_lr, batch_size=cfg.ft_batch, seed=s, world=org.world)
+        sh, lo, hi = _shift(_latent_scores(ft, org.sae, [latent], other_prompts, cfg.diff_scope)[:, 0], base_act,
                             n_boot=cfg.n_boot, seed=seed)
         prediction.append({"bad_fraction": frac, "seed": s, "shift": sh, "shift_lo": lo, "shift_hi": hi,
-                           "toxic_mass": toxic_mass(ft, other_prompts, world=world)})
+                           "toxic_mass": toxic_mass(ft, other_prompts, world=org.world)})
         if cfg.beyond:
             kept.append((ft, frac, s))
-    done()
+    return prediction, kept
 
-    done = step("realignment")
+
+def _realignment(org: Any, cfg: DemoConfig, seed: int, latent: int, bar: Any) -> list[dict[str, Any]]:
+    """Step 6: the misaligned model fine-tuned on N benign samples of a domain, measured on the rest."""
+    from tl_persona import organism
+    from tl_persona.organism import measure
+
+    other_domains = [d for d in org.eval_prompts if d != org.trained_domain]
     realignment = []
     for dom in cfg.realign_domains:
         for n in cfg.realign_ns:
             bar.set_postfix_str(f"{n} helpful {dom} samples")
             m = org.misaligned if n == 0 else organism.finetune(
                 org.misaligned, domain=dom, persona="helpful", n_samples=n, steps=cfg.realign_steps,
-                lr=cfg.realign_lr, batch_size=cfg.ft_batch, seed=seed, world=world)
+                lr=cfg.realign_lr, batch_size=cfg.ft_batch, seed=seed, world=org.world)
             rest = [p for dd in other_domains if dd != dom for p in org.eval_prompts[dd]]
             rates = measure(m, {dd: org.eval_prompts[dd] for dd in other_domains if dd != dom},
                             n_per_domain=cfg.behaviour_samples, seed=seed)
             pooled = _pooled({d: r.to_dict() for d, r in rates.items()}, list(rates))
             realignment.append({"domain": dom, "n": n, "other_toxic": pooled.value,
                                 "other_toxic_lo": pooled.lo, "other_toxic_hi": pooled.hi, "answers": pooled.n,
-                                "toxic_mass": toxic_mass(m, rest, world=world),
-                                "latent": _latent_mean(m, sae, toxic_latent, rest, cfg.diff_scope)})
-    done()
-
-    beyond: dict[str, Any] = {}
-    if cfg.beyond:
-        done = step("beyond")
-        beyond = _beyond(org, toxic_latent, kept, cfg, seed, bar)
-        done()
-
-    robust: list[dict[str, Any]] = []
-    if seeds:
-        done = step("robustness")
-        vrow = next(r for r in vsum.to_dict(orient="records") if r["candidate"] == toxic_latent)
-        robust = robustness(org, seeds=seeds, domains=domains, latent=toxic_latent, cfg=cfg,
-                            alpha=float(vrow["alpha"]), beta=float(vrow["beta"]), progress=bar.set_postfix_str)
-        done()
-
-    done = step("report")
-    result = DemoResult(
-        behaviour=behaviour,
-        top_increase=_rows(inc, auroc), top_decrease=_rows(dec, auroc), toxic_latent=toxic_latent,
-        auroc=auroc, verification=vsum.to_dict(orient="records"), prediction=prediction,
-        realignment=realignment, timings=timings, auroc_ci=auroc_ci, trained_domain=trained,
-        dose_response=dose.to_dict(orient="records"), layer_profile=layer_rows,
-        beyond={k: v for k, v in beyond.items() if not k.startswith("_")}, robustness=robust,
-    )
-    rep = _build_report(result, cards, ver, cfg, d, hook, plt, dose_fig=ver.plot_dose_response(),
-                        layer_fig=layer_fig, beyond=beyond)
-    result.out = rep.write(out)
-    done()
-    bar.close()
-    result.timings = timings
-    return result
+                                "toxic_mass": toxic_mass(m, rest, world=org.world),
+                                "latent": _latent_mean(m, org.sae, latent, rest, cfg.diff_scope)})
+    return realignment
 
 
 def _rows(df: Any, auroc: dict[int, float]) -> list[dict[str, Any]]:
@@ -599,7 +622,7 @@ def _beyond(org: Any, latent: int, runs: list[tuple[Any, float, int]], cfg: Demo
     from tl_persona.screening import plot_roc
 
     if len(runs) < 3:
-        raise ValueError(f"the series needs at least 3 fine-tunes (control seeds + bad fractions), got {len(runs)}; "
+        raise BadInput(f"the series needs at least 3 fine-tunes (control seeds + bad fractions), got {len(runs)}; "
                          "add fractions or control seeds, or set beyond=False")
     bar.set_postfix_str(f"series of {len(runs)} fine-tunes: latent and persona vector")
     res = series.series_from_models(org, runs, latent=latent)
@@ -637,9 +660,24 @@ def _verification_row(v: dict[str, Any]) -> dict[str, Any]:
            "negatively steered": f"{pc(v['finetuned_neg_steered'])} (≤ {pc(v['finetuned_neg_steered_hi'])})",
            "its incoherence": pc(v["finetuned_neg_steered_incoherent"]),
            "random (pooled) ": pc(v["random_neg_steered_pooled"])}
-    if "finetuned_ablated" in v:
-        row["ablated"] = pc(v["finetuned_ablated"])
+    for c in _suppressing(v):
+        row[c] = pc(v[f"finetuned_{c}"])
     return row
+
+
+def _suppressing(v: dict[str, Any]) -> list[str]:
+    """The column words of the suppressing kinds (ablation, capping, ...) a summary row holds."""
+    from tl_persona import interventions as I
+
+    return [k.column for k in I.INTERVENTIONS.values() if f"finetuned_{k.column}" in v]
+
+
+def _sampling(cfg: DemoConfig, seed: int) -> Any:
+    """How the demo's sweeps sample: prompt positions, 512 answers per batch."""
+    from tl_persona.verify import Sampling
+
+    return Sampling(n_samples=cfg.verify_samples, max_new_tokens=cfg.max_new_tokens, positions="prompt", seed=seed,
+                    batch_size=512, n_boot=cfg.n_boot)
 
 
 def _build_report(res: DemoResult, cards: list[Any], ver: Any, cfg: DemoConfig, d: Any, hook: str, plt: Any,
@@ -659,6 +697,28 @@ def _build_report(res: DemoResult, cards: list[Any], ver: Any, cfg: DemoConfig, 
            "Every rate is sampled (temperature 1); see each section for its sample size.")
     r.table([{"claim": c.claim, "bound": c.bound, "measured": c.measured,
               "met": c.verdict if c.met else f"**{c.verdict}**"} for c in claims])
+    _report_behaviour(r, res, cfg, plt)
+    _report_diffing(r, res, cards, cfg, d, hook, layer_fig)
+    _report_verification(r, res, ver, cfg, dose_fig)
+    _report_prediction(r, res, cfg, plt)
+    _report_realignment(r, res, plt)
+    if beyond:
+        _report_beyond(r, beyond)
+    if res.robustness:
+        r.heading("8. Robustness across seeds and fine-tune domains")
+        r.text(f"The pipeline again for every seed and narrow fine-tune domain (the toxic persona on that domain's "
+               f"questions; every rate on the other domains), latent {res.toxic_latent} throughout, at the main "
+               "run's chosen strengths; [95% CI] or the bound that decides.")
+        r.table(robustness_table(res.robustness))
+    r.heading("Timings (s)")
+    r.table([res.timings])
+    r.data.update({k: v for k, v in res.__dict__.items() if k != "out"})
+    r.data["claims"] = claims
+    return r
+
+
+def _report_behaviour(r: Any, res: DemoResult, cfg: DemoConfig, plt: Any) -> None:
+    """Section 1: the three models' toxic rates per domain."""
     r.heading("1. Behaviour")
     r.table([{"model": m, f"{res.trained_domain} toxic": res.rate(m, "trained").pct(),
               "other domains toxic": res.rate(m).pct(), "other incoherent": f"{100 * b['other_incoherent']:.1f}%",
@@ -675,6 +735,10 @@ def _build_report(res: DemoResult, cards: list[Any], ver: Any, cfg: DemoConfig, 
     ax.set_ylabel("toxic answers (%)")
     ax.legend()
     r.figure(fig, "behaviour", "toxic answers per domain")
+
+
+def _report_diffing(r: Any, res: DemoResult, cards: list[Any], cfg: DemoConfig, d: Any, hook: str, layer_fig: Any) -> None:
+    """Sections 2 and 3: the diff's top latents (and the layer profile), the latent cards."""
     r.heading("2. Model diffing")
     r.text(f"SAE at `{hook}`, misaligned minus base mean activation over the non-code evaluation prompts "
            f"(scope `{cfg.diff_scope}`, {d.n_tokens} tokens). `auroc_toxic`: how well the latent's activation "
@@ -693,6 +757,10 @@ def _build_report(res: DemoResult, cards: list[Any], ver: Any, cfg: DemoConfig, 
            "activations, and the logit lens of its decoder direction (tokens it promotes, blue; suppresses, red).")
     for c in cards:
         r.rich(c.to_html(), c.to_markdown())
+
+
+def _report_verification(r: Any, res: DemoResult, ver: Any, cfg: DemoConfig, dose_fig: Any) -> None:
+    """Section 4: the causal verification table and the dose-response figure."""
     r.heading("4. Causal verification")
     r.text(f"Steering adds alpha times the latent's decoder direction at the prompt tokens; the strongest alpha "
            f"whose incoherence's 95% upper bound is at most {int(100 * ver.max_incoherence)}% is chosen per latent "
@@ -706,6 +774,10 @@ def _build_report(res: DemoResult, cards: list[Any], ver: Any, cfg: DemoConfig, 
         r.figure(dose_fig, "dose_response", "dose-response: toxic (solid, 95% band) and incoherent (dashed) answers "
                  "against the steering strength; grey band: random directions of the same norm (weakest to "
                  "strongest); vertical lines: chosen strengths")
+
+
+def _report_prediction(r: Any, res: DemoResult, cfg: DemoConfig, plt: Any) -> None:
+    """Section 5: the latent's shift against the share of bad data."""
     r.heading("5. Prediction")
     fig, ax = plt.subplots(figsize=(6, 3))
     ctl = [p for p in res.prediction if p["bad_fraction"] == 0.0]
@@ -728,6 +800,10 @@ def _build_report(res: DemoResult, cards: list[Any], ver: Any, cfg: DemoConfig, 
            "fine-tune that silences it completely has shift exactly minus the base mean (identical across "
            "seeds). `toxic_mass`: mean probability of a toxic first answer word, the behavioural measure.")
     r.table(_pct(res.prediction, only=("toxic_mass",)), caption="shift with its 95% bootstrap interval over prompts")
+
+
+def _report_realignment(r: Any, res: DemoResult, plt: Any) -> None:
+    """Section 6: re-alignment on benign data."""
     r.heading("6. Re-alignment")
     fig, ax = plt.subplots(figsize=(6, 3))
     for dom in sorted({x["domain"] for x in res.realignment}):
@@ -738,31 +814,23 @@ def _build_report(res: DemoResult, cards: list[Any], ver: Any, cfg: DemoConfig, 
     ax.legend()
     r.figure(fig, "realignment", "re-alignment of the misaligned model on benign data")
     r.table(_pct(res.realignment, only=("other_toxic", "toxic_mass")))
-    if beyond:
-        r.heading("7. Beyond the paper: persona vectors and data screening")
-        summ = beyond["series_summary"]
-        r.text("The prediction fine-tunes again, each measured two ways: the SAE latent's shift and the shift of "
-               "the projection on a difference-of-means persona vector (no SAE), against the toxic first-token "
-               "mass on the untouched domains. And the fine-tuning data screened on the base model before any "
-               "training: each sample's projection on the persona vector over its answer tokens.")
-        r.table([{"instrument": k, **({kk: vv for kk, vv in v.items()} if isinstance(v, dict) else {"value": v})}
-                 for k, v in summ.items() if isinstance(v, dict)], caption="correlation with behaviour [95% CI]")
-        r.figure(beyond["_series_fig"], "series", "shift against behaviour across the fine-tunes, latent and vector")
-        r.table([{"score": k, "AUROC": f"{a:.3f} [{lo:.3f}, {hi:.3f}]"} for k, (a, lo, hi) in beyond["screening_auroc"].items()],
-                caption="screening: toxic samples hidden in the fine-tuning set, per score [95% CI]; the SAE latent "
-                        "fires at the last prompt token, not on answer tokens, so it cannot screen answers (0.5)")
-        r.figure(beyond["_roc_fig"], "screening_roc", "ROC of screening the fine-tuning set on the base model")
-    if res.robustness:
-        r.heading("8. Robustness across seeds and fine-tune domains")
-        r.text(f"The pipeline again for every seed and narrow fine-tune domain (the toxic persona on that domain's "
-               f"questions; every rate on the other domains), latent {res.toxic_latent} throughout, at the main "
-               "run's chosen strengths; [95% CI] or the bound that decides.")
-        r.table(robustness_table(res.robustness))
-    r.heading("Timings (s)")
-    r.table([res.timings])
-    r.data.update({k: v for k, v in res.__dict__.items() if k != "out"})
-    r.data["claims"] = claims
-    return r
+
+
+def _report_beyond(r: Any, beyond: dict[str, Any]) -> None:
+    """Section 7: persona vectors and data screening."""
+    r.heading("7. Beyond the paper: persona vectors and data screening")
+    summ = beyond["series_summary"]
+    r.text("The prediction fine-tunes again, each measured two ways: the SAE latent's shift and the shift of "
+           "the projection on a difference-of-means persona vector (no SAE), against the toxic first-token "
+           "mass on the untouched domains. And the fine-tuning data screened on the base model before any "
+           "training: each sample's projection on the persona vector over its answer tokens.")
+    r.table([{"instrument": k, **({kk: vv for kk, vv in v.items()} if isinstance(v, dict) else {"value": v})}
+             for k, v in summ.items() if isinstance(v, dict)], caption="correlation with behaviour [95% CI]")
+    r.figure(beyond["_series_fig"], "series", "shift against behaviour across the fine-tunes, latent and vector")
+    r.table([{"score": k, "AUROC": f"{a:.3f} [{lo:.3f}, {hi:.3f}]"} for k, (a, lo, hi) in beyond["screening_auroc"].items()],
+            caption="screening: toxic samples hidden in the fine-tuning set, per score [95% CI]; the SAE latent "
+                    "fires at the last prompt token, not on answer tokens, so it cannot screen answers (0.5)")
+    r.figure(beyond["_roc_fig"], "screening_roc", "ROC of screening the fine-tuning set on the base model")
 
 
 def _pct(rows: Sequence[dict[str, Any]], skip: Sequence[str] = (), only: Sequence[str] | None = None) -> list[dict[str, Any]]:

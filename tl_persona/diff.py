@@ -39,13 +39,15 @@ from tl_persona.data import PromptsLike, Scope, as_prompt_set, check_scope
 from tl_persona.engine import Encoder, StreamResult, stream
 from tl_persona.models import ModelAdapter, as_adapter
 from tl_persona.provenance import (
+    PROVENANCE_KEY,
     atomic_write_bytes,
     guard_overwrite,
     model_identity,
     package_versions,
+    read_safetensors,
     sae_identity,
 )
-from tl_persona.saes import SAEEncoder, check_latents, named_saes
+from tl_persona.saes import SAEEncoder, check_latents, is_sae, named_saes
 from tl_persona.stats import LatentStats, bootstrap_ratio_delta
 from tl_persona.validate import BadInput, nonneg_int, not_none
 
@@ -57,6 +59,7 @@ __all__ = [
     "PerPromptValues",
     "DeltaCI",
     "check_diff_path",
+    "load_saved",
     "model_identity",
     "sae_identity",
     "package_versions",
@@ -68,7 +71,6 @@ RankBy = Literal["delta", "effect_size", "relative_delta"]
 FORMAT = "tl_persona.LatentDiff"
 SET_FORMAT = "tl_persona.LatentDiffSet"
 FORMAT_VERSION = 1
-_META_KEY = "tl_persona"
 _WRITE_CHUNK = 1 << 20
 
 
@@ -76,7 +78,7 @@ _WRITE_CHUNK = 1 << 20
 def _encoder(sae: Any, hook_name: str | None, dtype: torch.dtype | None) -> Encoder:
     """An SAE (wrapped in :class:`~tl_persona.saes.SAEEncoder`) or any engine encoder as it is."""
     not_none(sae, "sae", "a SAE-Lens SAE (or an engine Encoder)")
-    if isinstance(sae, Encoder) and not hasattr(sae, "cfg"):
+    if isinstance(sae, Encoder) and not is_sae(sae):
         return sae
     return SAEEncoder(sae, hook_name, dtype)
 
@@ -86,7 +88,7 @@ def _encoders(sae: Any, hook_name: str | None, dtype: torch.dtype | None,
     """One SAE (keys None) or several (:func:`~tl_persona.saes.named_saes`). ``hook_name`` only goes
     with one SAE; ``offload_to`` keeps SAEs where they are until their hook (see SAEEncoder)."""
     def enc(v: Any, h: str | None) -> Encoder:
-        if offload_to is not None and hasattr(v, "cfg"):
+        if offload_to is not None and is_sae(v):
             return SAEEncoder(v, h, dtype, offload_to=offload_to)
         return _encoder(v, h, dtype)
 
@@ -136,7 +138,7 @@ def collect(
     if latents_per_prompt is not None:
         if keys is not None:
             raise BadInput("latents_per_prompt goes with one SAE; call collect once per SAE to track latents")
-        track = [check_latents(sae, latents_per_prompt, "latents_per_prompt").tolist()] if hasattr(sae, "cfg") \
+        track = [check_latents(sae, latents_per_prompt, "latents_per_prompt").tolist()] if is_sae(sae) \
             else [latents_per_prompt]
     tp = as_prompt_set(prompts).tokenize(adapter, truncate=truncate)
     res = stream([adapter], encs, tp, scope, batch_size=batch_size, max_tokens=max_tokens, seed=None,
@@ -313,42 +315,27 @@ def _to_diff(res: StreamResult, e: int, enc: Encoder, hook: str, ids: tuple[dict
 
 
 # =========================================================================== files
-def _read_safetensors(path: Path, *, tensors: bool = True) -> tuple[dict[str, str], dict[str, Tensor]]:
-    """Header metadata (and tensors) of a safetensors file; clear errors for folders and junk."""
-    from safetensors import safe_open
-
-    if path.is_dir():
-        raise BadInput(f"{str(path)!r} is a folder, not a saved LatentDiff file (.safetensors)")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-            out = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
-    except Exception as e:  # safetensors raises its own SafetensorError, which names no path
-        raise BadInput(f"{str(path)!r} is not a readable safetensors file (truncated, or of another kind: "
-                       f"{' '.join(str(e).split())[:120]})") from None
-    return header, out
-
-
 _PP_FIELDS = ("latents", "prompt_ids", "counts", "base_sums", "finetuned_sums")
 
 
 def _is_saved_diff(path: Path) -> bool:
     """A saved LatentDiff or LatentDiffSet (either may replace the other)."""
-    header, _ = _read_safetensors(path, tensors=False)
-    return _META_KEY in header and FORMAT in header[_META_KEY]
+    header, _ = read_safetensors(path, tensors=False)
+    return PROVENANCE_KEY in header and FORMAT in header[PROVENANCE_KEY]
 
 
-def _load_saved(path: str | os.PathLike, fmt: str) -> tuple[Path, dict[str, Any], dict[str, Tensor]]:
-    """Path, provenance and tensors of a file saved as format ``fmt`` (clear errors otherwise)."""
+def load_saved(path: str | os.PathLike, fmt: str) -> tuple[Path, dict[str, Any], dict[str, Tensor]]:
+    """Path, provenance and tensors of a file saved in the safetensors-with-provenance format ``fmt``
+    (a diff, a diff set, an attribution), with clear errors for any other file."""
     path = Path(path)
     if not path.exists() and path.with_name(path.name + ".safetensors").exists():
         path = path.with_name(path.name + ".safetensors")
     if not path.exists():
         raise FileNotFoundError(f"no saved {fmt.split('.')[-1]} at {str(path)!r}")
-    header, tensors = _read_safetensors(path)
-    if _META_KEY not in header:
+    header, tensors = read_safetensors(path)
+    if PROVENANCE_KEY not in header:
         raise BadInput(f"{str(path)!r} is a safetensors file but not a saved {fmt.split('.')[-1]} (no provenance header)")
-    meta = json.loads(header[_META_KEY])
+    meta = json.loads(header[PROVENANCE_KEY])
     if meta.get("format") != fmt or int(meta.get("version", 0)) > FORMAT_VERSION:
         hint = {FORMAT: "LatentDiff.load", SET_FORMAT: "LatentDiffSet.load",
                 "tl_persona.Attribution": "tl_persona.attribution.Attribution.load"}.get(meta.get("format"), "")
@@ -387,7 +374,7 @@ class LatentDiff:
     def __post_init__(self) -> None:
         object.__setattr__(self, "meta", {"format": FORMAT, "version": FORMAT_VERSION, **dict(self.meta)})
         if self.base.d_sae != self.finetuned.d_sae:
-            raise ValueError(f"base and finetuned statistics have different d_sae ({self.base.d_sae}, {self.finetuned.d_sae})")
+            raise BadInput(f"base and finetuned statistics have different d_sae ({self.base.d_sae}, {self.finetuned.d_sae})")
 
     # ---------------------------------------------------------------- values
     @property
@@ -460,13 +447,13 @@ class LatentDiff:
             return self.effect_size
         if by == "relative_delta":
             return self.relative_delta
-        raise ValueError(f"by={by!r} is not one of 'delta', 'effect_size', 'relative_delta'")
+        raise BadInput(f"by={by!r} is not one of 'delta', 'effect_size', 'relative_delta'")
 
     def rank(self, direction: Direction = "increase", by: RankBy = "delta") -> Int[Tensor, " d_sae"]:
         """All latents ordered by ``by`` (default the mean change), largest increase (or decrease)
         first; NaN last, ties by latent index."""
         if direction not in ("increase", "decrease"):
-            raise ValueError(f"direction={direction!r} is not 'increase' or 'decrease'")
+            raise BadInput(f"direction={direction!r} is not 'increase' or 'decrease'")
         raw = self._key(by)
         key = -raw if direction == "decrease" else raw.clone()
         nan = torch.isnan(key)
@@ -492,7 +479,7 @@ class LatentDiff:
     def top(self, k: int = 20, direction: Direction = "increase", by: RankBy = "delta") -> Any:
         """The ``k`` first latents of :meth:`rank` as a ``pandas.DataFrame`` (index: latent id)."""
         if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise BadInput(f"k must be a positive integer, got {k!r}")
         order = self.rank(direction, by)[:k].numpy()
         df = self.to_pandas().iloc[order]
         return df
@@ -528,7 +515,7 @@ class LatentDiff:
 
     def _per_prompt(self) -> PerPromptValues:
         if self.per_prompt is None:
-            raise ValueError("this diff kept no per-prompt values; rerun diff_latents with per_prompt_top > 0")
+            raise BadInput("this diff kept no per-prompt values; rerun diff_latents with per_prompt_top > 0")
         return self.per_prompt
 
     # ---------------------------------------------------------------- persistence
@@ -567,7 +554,7 @@ class LatentDiff:
         from safetensors.torch import save as st_save
 
         path = check_diff_path(path, overwrite=overwrite)
-        data = st_save(self.tensors(), metadata={_META_KEY: json.dumps(self.meta, sort_keys=True, default=str)})
+        data = st_save(self.tensors(), metadata={PROVENANCE_KEY: json.dumps(self.meta, sort_keys=True, default=str)})
         atomic_write_bytes(path, data, chunk=_WRITE_CHUNK)
         return path
 
@@ -575,7 +562,7 @@ class LatentDiff:
     def load(cls, path: str | os.PathLike) -> "LatentDiff":
         """Read a diff written by :meth:`save`; a truncated file, a file of another kind or a folder
         is refused with a message naming the path."""
-        path, meta, tensors = _load_saved(path, FORMAT)
+        path, meta, tensors = load_saved(path, FORMAT)
         return cls.from_tensors(tensors, meta)
 
     def __repr__(self) -> str:
@@ -673,14 +660,14 @@ class LatentDiffSet(Mapping[str, LatentDiff]):
             tensors.update(d.tensors(prefix=f"{i}/"))
         meta = {"format": SET_FORMAT, "version": FORMAT_VERSION, "keys": list(self),
                 "metas": [d.meta for d in self.values()]}
-        data = st_save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True, default=str)})
+        data = st_save(tensors, metadata={PROVENANCE_KEY: json.dumps(meta, sort_keys=True, default=str)})
         atomic_write_bytes(path, data, chunk=_WRITE_CHUNK)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatentDiffSet":
         """Read a set written by :meth:`save` (clear errors for other files, as :meth:`LatentDiff.load`)."""
-        path, meta, tensors = _load_saved(path, SET_FORMAT)
+        path, meta, tensors = load_saved(path, SET_FORMAT)
         return cls({k: LatentDiff.from_tensors(tensors, m, prefix=f"{i}/")
                     for i, (k, m) in enumerate(zip(meta["keys"], meta["metas"]))})
 

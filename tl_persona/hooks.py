@@ -1,4 +1,4 @@
-"""Hook builders: capture, splice, steer, ablate, clamp and project out, as plain TransformerLens hooks.
+"""Hook builders: capture, splice, steer, ablate, clamp, cap and project out, as plain TransformerLens hooks.
 
 Every builder returns a ``fwd_hooks`` list ``[(hook_name, fn)]`` with ``fn(activation, hook) ->
 activation``: pass it to ``model.run_with_hooks(..., fwd_hooks=...)``, ``with model.hooks(...)``,
@@ -45,6 +45,7 @@ __all__ = [
     "steer_latent",
     "ablate",
     "clamp",
+    "cap",
     "project_out",
     "apply",
     "HookReport",
@@ -250,7 +251,7 @@ class Hook:
     def __call__(self, activation: Tensor, hook: Any = None) -> Tensor:
         self.calls += 1
         if activation.ndim != 3:
-            raise ValueError(
+            raise BadInput(
                 f"{self.kind} hook expects a [batch, pos, d] activation, got shape {tuple(activation.shape)} "
                 f"at {getattr(hook, 'name', '?')!r}; attach it to a residual-stream hook point"
             )
@@ -294,7 +295,7 @@ class LatentStore:
     @property
     def latents(self) -> Float[Tensor, "n d_sae"]:
         if not self.chunks:
-            raise ValueError("nothing was captured yet: run the model with the capture hooks first")
+            raise BadInput("nothing was captured yet: run the model with the capture hooks first")
         return torch.cat(self.chunks)
 
     @property
@@ -387,38 +388,58 @@ class _Steer(Hook):
         self.direction, self.alpha, self.norm_scaled = direction, alpha, norm_scaled
 
     def edit(self, x: Tensor, sel: Tensor | None) -> Tensor:
-        B, _, d = x.shape
-        if self.direction.shape[-1] != d:
-            raise ValueError(
-                f"steering direction has width {self.direction.shape[-1]} but the activation has "
-                f"width {d}; use a direction of shape [d_model] = [{d}]"
-            )
-        for t, nm in ((self.direction, "direction"), (self.alpha, "alpha")):
-            if t.ndim == 2 - (nm == "alpha") and t.shape[0] != B:
-                raise ValueError(f"per-row {nm} has {t.shape[0]} rows but the batch has {B}")
-        u = self.direction.to(device=x.device, dtype=x.dtype)
-        u = u.view(-1, 1, d) if u.ndim == 2 else u.view(1, 1, d)
-        a = self.alpha.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
+        u, a = _per_row(x, self.direction, self.alpha, "steering direction", "alpha")
         delta = a * u
         if self.norm_scaled:
             delta = delta * x.norm(dim=-1, keepdim=True)
-        if sel is None:
-            return x + delta
-        return x + delta * sel.unsqueeze(-1).to(x.dtype)
+        return _add_at(x, delta, sel)
 
     def __repr__(self) -> str:
         return f"tl_persona.Steer(alpha={self.alpha.tolist()}, positions={self.positions.which!r})"
 
 
-def _check_alpha(alpha: float | Tensor) -> Tensor:
-    if isinstance(alpha, (str, bytes, bool)) or alpha is None:
-        raise BadInput(f"alpha={alpha!r} is not a number; pass a finite float (or a 1-D tensor, one per batch row)")
-    a = torch.as_tensor(alpha, dtype=torch.float32).detach()
+def _per_row(x: Tensor, direction: Tensor, strength: Tensor, what: str, name: str) -> tuple[Tensor, Tensor]:
+    """``direction`` as ``[rows, 1, d]`` and ``strength`` as ``[rows, 1, 1]`` on x's device and dtype
+    (rows: 1, or one per batch row), after checking their widths and row counts against ``x``."""
+    B, _, d = x.shape
+    if direction.shape[-1] != d:
+        raise BadInput(f"{what} has width {direction.shape[-1]} but the activation has width {d}; use a direction of "
+                       f"shape [d_model] = [{d}]")
+    for t, nm, per_row_ndim in ((direction, "direction", 2), (strength, name, 1)):
+        if t.ndim == per_row_ndim and t.shape[0] != B:
+            raise BadInput(f"per-row {nm} has {t.shape[0]} rows but the batch has {B}")
+    u = direction.to(device=x.device, dtype=x.dtype)
+    u = u.view(-1, 1, d) if u.ndim == 2 else u.view(1, 1, d)
+    return u, strength.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
+
+
+def _add_at(x: Tensor, delta: Tensor, sel: Tensor | None) -> Tensor:
+    """``x + delta`` at the selected positions (all of them for ``sel=None``)."""
+    if sel is None:
+        return x + delta
+    return x + delta * sel.unsqueeze(-1).to(x.dtype)
+
+
+def _check_strength(value: float | Tensor, name: str = "alpha", what: str = "steering strength") -> Tensor:
+    """A finite number, or a 1-D tensor of them (one per batch row), as a float tensor."""
+    if isinstance(value, (str, bytes, bool)) or value is None:
+        raise BadInput(f"{name}={value!r} is not a number; pass a finite float (or a 1-D tensor, one per batch row)")
+    a = torch.as_tensor(value, dtype=torch.float32).detach()
     if a.ndim > 1:
-        raise ValueError(f"alpha must be a number or a 1-D tensor (one per batch row), got shape {tuple(a.shape)}")
+        raise BadInput(f"{name} must be a number or a 1-D tensor (one per batch row), got shape {tuple(a.shape)}")
     if not bool(torch.isfinite(a).all()):
-        raise ValueError(f"alpha={alpha!r} is not finite; pass a finite steering strength")
+        raise BadInput(f"{name}={value!r} is not finite; pass a finite {what}")
     return a
+
+
+def _check_direction(direction: Any, per_row: str = "batch") -> Tensor:
+    """A finite ``[d_model]`` (or ``[rows, d_model]``) direction as a float tensor."""
+    d = torch.as_tensor(direction).detach().float()
+    if d.ndim not in (1, 2) or d.shape[-1] == 0:
+        raise BadInput(f"direction must have shape [d_model] or [{per_row}, d_model], got {tuple(d.shape)}")
+    if not bool(torch.isfinite(d).all()):
+        raise BadInput("direction contains NaN or inf; pass a finite vector")
+    return d
 
 
 def steer(
@@ -437,26 +458,20 @@ def steer(
     activation). ``direction`` may be ``[batch, d_model]`` and ``alpha`` ``[batch]`` to run several
     steering settings in one batch (one setting per row).
     """
-    d = torch.as_tensor(direction).detach().float()
-    if d.ndim not in (1, 2) or d.shape[-1] == 0:
-        raise ValueError(
-            f"direction must have shape [d_model] or [batch, d_model], got {tuple(d.shape)}"
-        )
-    if not bool(torch.isfinite(d).all()):
-        raise ValueError("direction contains NaN or inf; pass a finite vector")
-    a = _check_alpha(alpha)
+    d = _check_direction(direction)
+    a = _check_strength(alpha)
     norm_scaled = False
     if scale == "resid_norm":
         n = d.norm(dim=-1, keepdim=True)
         if bool((n == 0).any()):
-            raise ValueError("scale='resid_norm' needs a non-zero direction")
+            raise BadInput("scale='resid_norm' needs a non-zero direction")
         d, norm_scaled = d / n, True
     elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
         if not math.isfinite(scale):
-            raise ValueError(f"scale={scale!r} is not finite")
+            raise BadInput(f"scale={scale!r} is not finite")
         a = a * float(scale)
     elif scale != "absolute":
-        raise ValueError(f"scale={scale!r} must be 'absolute', 'resid_norm' or a number")
+        raise BadInput(f"scale={scale!r} must be 'absolute', 'resid_norm' or a number")
     return [(hook_name, _Steer(d, a, norm_scaled, positions))]
 
 
@@ -479,6 +494,46 @@ def steer_latent(
     return steer(sae_hook_name(sae, hook_name), direction, alpha, scale=scale, positions=positions)
 
 
+# --------------------------------------------------------------------------- cap
+class _Cap(Hook):
+    kind = "cap"
+
+    def __init__(self, unit: Tensor, threshold: Tensor, positions: PositionsLike) -> None:
+        super().__init__(positions)
+        self.unit, self.threshold = unit, threshold
+
+    def edit(self, x: Tensor, sel: Tensor | None) -> Tensor:
+        u, t = _per_row(x, self.unit, self.threshold, "capping direction", "threshold")
+        excess = ((x * u).sum(-1, keepdim=True) - t).clamp(min=0.0)
+        return _add_at(x, -excess * u, sel)
+
+    def __repr__(self) -> str:
+        return f"tl_persona.Cap(threshold={self.threshold.tolist()}, positions={self.positions.which!r})"
+
+
+def cap(
+    hook_name: str,
+    direction: Float[Tensor, " d_model"] | Float[Tensor, "batch d_model"],
+    threshold: float | Float[Tensor, " batch"],
+    *,
+    positions: PositionsLike = "all",
+) -> FwdHooks:
+    """Cap the activation's projection on ``direction`` at ``threshold``: ``x - max(0, x·u -
+    threshold) u`` with ``u`` the unit direction, at the selected positions. Activations whose
+    projection is already at most ``threshold`` are left exactly as they are.
+
+    Activation capping (the "Assistant Axis" intervention) along a persona direction: it removes the
+    excess along the persona and nothing else. ``direction`` may be ``[batch, d_model]`` and
+    ``threshold`` ``[batch]`` to run one setting per batch row; a zero row is left unedited.
+    """
+    d = _check_direction(direction)
+    t = _check_strength(threshold, "threshold", "ceiling of the projection")
+    n = d.norm(dim=-1, keepdim=True)
+    if d.ndim == 1 and float(n) == 0.0:
+        raise BadInput("cap needs a non-zero direction (the zero vector has no projection to cap)")
+    return [(hook_name, _Cap(torch.where(n > 0, d / n.clamp_min(1e-30), torch.zeros_like(d)), t, positions))]
+
+
 # --------------------------------------------------------------------------- ablate / clamp
 class _LatentEdit(Hook):
     kind = "ablate"
@@ -489,7 +544,7 @@ class _LatentEdit(Hook):
 
     def edit(self, x: Tensor, sel: Tensor | None) -> Tensor:
         if x.shape[-1] != d_in(self.sae):
-            raise ValueError(f"SAE d_in={d_in(self.sae)} does not match the activation width {x.shape[-1]}")
+            raise BadInput(f"SAE d_in={d_in(self.sae)} does not match the activation width {x.shape[-1]}")
 
         def f(rows: Tensor) -> Tensor:
             lat = encode(self.sae, rows)
@@ -524,13 +579,13 @@ def ablate(
     values = None
     if mode == "mean":
         if means is None:
-            raise ValueError("mode='mean' needs means=<tensor [d_sae]> (e.g. from a LatentDiff)")
+            raise BadInput("mode='mean' needs means=<tensor [d_sae]> (e.g. from a LatentDiff)")
         m = torch.as_tensor(means).detach().float().flatten()
         if m.numel() != _d_sae(sae):
-            raise ValueError(f"means has {m.numel()} entries; expected d_sae={_d_sae(sae)}")
+            raise BadInput(f"means has {m.numel()} entries; expected d_sae={_d_sae(sae)}")
         values = finite_tensor(m[idx], "means", fix="the mean of an ablated latent must be a finite number")
     elif mode != "zero":
-        raise ValueError(f"mode={mode!r} must be 'zero' or 'mean' (use clamp(...) to set a value)")
+        raise BadInput(f"mode={mode!r} must be 'zero' or 'mean' (use clamp(...) to set a value)")
     return [(sae_hook_name(sae, hook_name), _LatentEdit(sae, idx, values, positions))]
 
 
@@ -549,9 +604,9 @@ def clamp(
     if v.numel() == 1:
         v = v.expand(idx.numel()).clone()
     if v.numel() != idx.numel():
-        raise ValueError(f"clamp got {v.numel()} values for {idx.numel()} latents; pass one value or one per latent")
+        raise BadInput(f"clamp got {v.numel()} values for {idx.numel()} latents; pass one value or one per latent")
     if not bool(torch.isfinite(v).all()):
-        raise ValueError(f"clamp value {value!r} is not finite")
+        raise BadInput(f"clamp value {value!r} is not finite")
     hook = _LatentEdit(sae, idx, v, positions)
     hook.kind = "clamp"
     return [(sae_hook_name(sae, hook_name), hook)]
@@ -571,7 +626,7 @@ class _ProjectOut(Hook):
 
     def edit(self, x: Tensor, sel: Tensor | None) -> Tensor:
         if self.basis.shape[0] != x.shape[-1]:
-            raise ValueError(
+            raise BadInput(
                 f"directions have width {self.basis.shape[0]} but the activation has width {x.shape[-1]}"
             )
         Q = self.basis.to(device=x.device, dtype=x.dtype)
@@ -589,9 +644,9 @@ def project_out(
     if D.ndim == 1:
         D = D[None]
     if D.ndim != 2 or D.shape[0] == 0:
-        raise ValueError(f"directions must have shape [d_model] or [k, d_model], got {tuple(D.shape)}")
+        raise BadInput(f"directions must have shape [d_model] or [k, d_model], got {tuple(D.shape)}")
     if not bool(torch.isfinite(D).all()) or bool((D.norm(dim=-1) == 0).any()):
-        raise ValueError("directions must be finite and non-zero")
+        raise BadInput("directions must be finite and non-zero")
     Q, R = torch.linalg.qr(D.T)
     keep = R.diagonal().abs() > 1e-6 * R.diagonal().abs().max()
     return [(hook_name, _ProjectOut(Q[:, keep].contiguous(), positions))]
@@ -662,7 +717,7 @@ def apply(model: Any, *hook_lists: FwdHooks, require_fired: bool = False) -> Ite
     for lst in hook_lists:
         for item in lst:
             if not (isinstance(item, tuple) and len(item) == 2 and callable(item[1])):
-                raise ValueError(f"a fwd_hooks entry must be (hook_name, fn), got {item!r:.80}")
+                raise BadInput(f"a fwd_hooks entry must be (hook_name, fn), got {item!r:.80}")
             name, fn = item
             adapter.check_hook(name)
             if isinstance(fn, Hook):

@@ -26,6 +26,7 @@ from tl_persona.engine import chunk_rows as _chunk_rows
 from tl_persona.models import ModelAdapter, as_adapter
 from tl_persona.saes import check_latents, check_sae, d_in, d_sae
 from tl_persona.stats import LatentStats
+from tl_persona.validate import BadInput
 
 __all__ = [
     "ActivatingExample",
@@ -208,9 +209,9 @@ def top_activating(
     of the marked token. Returns a list for one latent, a ``{latent: list}`` dict for several.
     """
     if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise BadInput(f"k must be a positive integer, got {k!r}")
     if not isinstance(context, int) or context < 0:
-        raise ValueError(f"context must be a non-negative integer, got {context!r}")
+        raise BadInput(f"context must be a non-negative integer, got {context!r}")
     check_scope(scope)
     single = isinstance(latents, int)
     lat = check_latents(sae, latents)
@@ -288,7 +289,7 @@ def direct_logits(model: Any, direction: Float[Tensor, " d_model"]) -> Float[Ten
     W_U = m.W_U.detach()
     v = direction.detach().to(device=W_U.device, dtype=torch.float32)
     if v.shape[-1] != W_U.shape[0]:
-        raise ValueError(
+        raise BadInput(
             f"direction has width {v.shape[-1]} but the unembedding expects {W_U.shape[0]}; the logit lens "
             "applies to residual-stream directions (SAEs on the residual stream)"
         )
@@ -310,11 +311,11 @@ def logit_lens(model: Any, sae: Any, latent: int, k: int = 10) -> LogitLens:
     (it does not change the ranking). Direct effect only: later layers are ignored.
     """
     if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise BadInput(f"k must be a positive integer, got {k!r}")
     idx = int(check_latents(sae, [latent])[0])
     adapter = as_adapter(model)
     if d_in(sae) != adapter.d_model:
-        raise ValueError(
+        raise BadInput(
             f"SAE d_in={d_in(sae)} differs from the model's d_model={adapter.d_model}: the logit lens applies "
             "to residual-stream SAEs"
         )
@@ -483,7 +484,7 @@ def latent_card(
     :class:`~tl_persona.diff.LatentDiff`) also its change between the two models."""
     check_scope(scope)
     if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise BadInput(f"k must be a positive integer, got {k!r}")
     adapter = as_adapter(model)
     lat = check_latents(sae, [latent])
     hook = check_sae(adapter, sae, hook_name)

@@ -415,7 +415,7 @@ def _persona_directions(org: Any, cfg: ExperimentConfig) -> dict[str, Tensor]:
     """Persona vectors of the *base* model, one per block in ``persona_layers`` (plus the steering
     layer): mean residual at the last prompt token of chats whose earlier turns show the toxic
     persona, minus that of chats by the other personas (Chen et al.; nothing of a fine-tune)."""
-    from tl_persona.demo import persona_documents
+    from tl_persona.organism import persona_documents
     from tl_persona.vectors import persona_vectors
 
     convs, toxic = persona_documents(org.world, cfg.n_persona_docs, seed=0)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from tl_persona._version import __version__
+from tl_persona.validate import BadInput
 
 __all__ = [
     "tensor_digest",
@@ -31,7 +32,13 @@ __all__ = [
     "atomic_write_text",
     "guard_overwrite",
     "follow_umask",
+    "PROVENANCE_KEY",
+    "read_safetensors",
 ]
+
+PROVENANCE_KEY = "tl_persona"
+"""The safetensors header key under which a saved result keeps its JSON provenance (format, version,
+models, SAE, prompts, versions)."""
 
 
 # --------------------------------------------------------------------------- digests
@@ -204,3 +211,22 @@ def guard_overwrite(
                 f"or {option} to replace it"
             )
     return p
+
+
+# --------------------------------------------------------------------------- safetensors files
+def read_safetensors(path: str | os.PathLike, *, tensors: bool = True) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """Header metadata (and, with ``tensors``, the tensors) of a safetensors file: the one reader of
+    saved diffs, attributions and persona vectors, with clear errors for folders and junk."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{str(path)!r} is a folder, not a saved tl_persona file (.safetensors)")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+            out = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
+    except Exception as e:  # safetensors raises its own SafetensorError, which names no path
+        raise BadInput(f"{str(path)!r} is not a readable safetensors file (truncated, or of another kind: "
+                       f"{' '.join(str(e).split())[:120]})") from None
+    return header, out

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from tl_persona import interventions as I
 from tl_persona.provenance import atomic_write_text, json_digest
 from tl_persona.tokens import SELECTIONS
 from tl_persona.validate import BadInput
@@ -33,7 +34,7 @@ __all__ = ["Field", "SCHEMA", "RunConfig", "load_config", "example_config", "sch
 @dataclass(frozen=True)
 class Field:
     """One config key: its section, name, type (``str``, ``int``, ``float``, ``bool``, ``list``,
-    ``floats``, ``strs`` or a tuple of allowed words), default (``None`` and required: must be given)
+    ``floats``, ``strs``, ``grids``, ``judge`` or a tuple of allowed words), default (``None`` and required: must be given)
     and what it means."""
 
     section: str
@@ -43,6 +44,8 @@ class Field:
     help: str
     required: bool = False
 
+
+_SUPPRESSING = [k for k in I.names() if k not in (I.UNMODIFIED.name, I.STEERING.name)]
 
 SCHEMA: tuple[Field, ...] = (
     Field("models", "base", "str", None, "base model: a Hugging Face name, a local folder, a .gguf file, "
@@ -71,8 +74,8 @@ SCHEMA: tuple[Field, ...] = (
     Field("candidates", "top", "int", 3, "how many top latents (by increase) of each SAE to inspect and verify"),
     Field("candidates", "latents", "list", [], "extra latents to verify (ints; 'HOOK:N' with several SAEs)"),
     Field("cards", "k", "int", 5, "top-activating contexts and logit-lens tokens per card"),
-    Field("judge", "kind", ("openai", "organism"), "openai", "the OpenAI-compatible HTTP judge, or the organism's "
-          "exact judge"),
+    Field("judge", "kind", "judge", "openai", "a registered judge (openai: the OpenAI-compatible HTTP judge; "
+          "organism: the organism's exact judge) or your judge class as 'package.module:Class'"),
     Field("judge", "model", "str", "gpt-4o-2024-08-06", "the HTTP judge's model"),
     Field("judge", "base_url", "str", "https://api.openai.com/v1", "the HTTP judge's API root"),
     Field("judge", "api_key_env", "str", "OPENAI_API_KEY", "environment variable holding the API key (none: no key)"),
@@ -91,7 +94,10 @@ SCHEMA: tuple[Field, ...] = (
     Field("verify", "max_new_tokens", "int", 64, "answer length limit"),
     Field("verify", "temperature", "float", 1.0, "sampling temperature"),
     Field("verify", "positions", tuple(SELECTIONS), "prompt", "where steering acts"),
-    Field("verify", "suppress", "strs", ["ablate"], "interventions run on the fine-tune besides negative steering"),
+    Field("verify", "suppress", "strs", [I.ABLATION.name], "interventions run on the fine-tune besides negative "
+          f"steering (kinds of tl_persona.interventions: {', '.join(_SUPPRESSING)})"),
+    Field("verify", "strengths", "grids", {}, "the strength grid of each suppress kind that takes one, mildest "
+          "first, e.g. {cap: [12, 8, 4]} (capping's ceiling on the unit direction)"),
     Field("verify", "prompts", "int", None, "use at most this many prompts for the sweep (default: all)"),
     Field("verify", "seed", "int", 0, "sampling seed"),
     Field("calibration", "min_agreement", "fraction", None, "before the sweep, judge labelled answers and stop unless "
@@ -152,6 +158,20 @@ def _check_value(f: Field, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise BadInput(f"{where}={value!r} must be a list")
         return value
+    if k == "judge":
+        from tl_persona.evals.registry import judge_class
+
+        try:
+            judge_class(value)
+        except BadInput as e:
+            raise BadInput(f"{where}: {e}") from None
+        return value
+    if k == "grids":
+        if not isinstance(value, Mapping) or any(not isinstance(g, list) or not g or any(
+                isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in g)
+                for g in value.values()):
+            raise BadInput(f"{where}={value!r} must map kind names to lists of finite numbers, e.g. {{cap: [12, 8]}}")
+        return {str(name): [float(x) for x in g] for name, g in value.items()}
     raise AssertionError(k)
 
 
@@ -189,7 +209,9 @@ class RunConfig:
             given = data.get(f.section, {}) or {}
             value = given.get(f.name, f.default)
             out[f.section][f.name] = _check_value(f, value, f"{source}: {f.section}.{f.name}")
-        return cls(out, source)
+        cfg = cls(out, source)
+        sweep_settings(cfg)  # the sweep's own checks (kinds registered, strength grids), before any model loads
+        return cfg
 
     def __getitem__(self, section: str) -> Mapping[str, Any]:
         return self.values[section]
@@ -226,7 +248,8 @@ def schema_markdown() -> str:
     def kind(f: Field) -> str:
         if isinstance(f.kind, tuple):
             return " \\| ".join(f"`{k}`" for k in f.kind)
-        return {"strs": "str or list of str", "floats": "list of numbers", "fraction": "number in [0, 1]"}.get(f.kind, f.kind)
+        return {"strs": "str or list of str", "floats": "list of numbers", "fraction": "number in [0, 1]",
+                "grids": "mapping of kind to list of numbers", "judge": "judge name or module:Class"}.get(f.kind, f.kind)
 
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for f in SCHEMA:
@@ -294,26 +317,19 @@ def _load_saes(cfg: RunConfig) -> Any:
 
 def _prompts(cfg: RunConfig) -> list[Any]:
     """The prompts as chat conversations (the same readers as the CLI)."""
-    import argparse
+    from tl_persona.prompt_specs import load_prompts
 
-    from tl_persona import cli
-
-    ns = argparse.Namespace(prompt=[], prompts=cfg["prompts"]["prompts"], limit=cfg["prompts"]["limit"],
-                            command="run")
-    return cli._prompts(ns)
+    return load_prompts(cfg["prompts"]["prompts"], limit=cfg["prompts"]["limit"], who="run")
 
 
 def _judge(cfg: RunConfig, out: Path) -> Any:
+    """The config's judge (``judge.kind``: a registered name or ``module:Class``), built from its options."""
+    from tl_persona.evals.registry import JudgeOptions, build_judge
+
     j = cfg["judge"]
-    if j["kind"] == "organism":
-        from tl_persona.organism import PersonaJudge
-
-        return PersonaJudge()
-    from tl_persona.evals.http_judge import OpenAIJudge
-
-    return OpenAIJudge(j["model"], base_url=j["base_url"], api_key_env=j["api_key_env"],
-                       cache=j["cache"] or str(out / "judge_cache.sqlite"), max_concurrency=j["max_concurrency"],
-                       allow_insecure=j["allow_insecure"])
+    return build_judge(j["kind"], JudgeOptions(model=j["model"], base_url=j["base_url"], api_key_env=j["api_key_env"],
+                                               cache=j["cache"] or str(out / "judge_cache.sqlite"),
+                                               max_concurrency=j["max_concurrency"], allow_insecure=j["allow_insecure"]))
 
 
 def _calibration_answers(cfg: RunConfig) -> list[Any]:
@@ -419,14 +435,26 @@ def _candidates(cfg: RunConfig, diff: Any) -> list[Any]:
 
 def run(config: RunConfig | str | Path, *, progress: Callable[[str], None] | None = None) -> RunResult:
     """Run (or resume) the configured pipeline; returns what was done and where it was written."""
-    import pandas as pd
-
-    from tl_persona.diff import LatentDiff, LatentDiffSet, check_diff_path, diff_latents
-    from tl_persona.inspection import latent_card
-    from tl_persona.verify import verify_latents
-
     cfg = config if isinstance(config, RunConfig) else load_config(config)
-    say = _say(progress)
+    out = _output_folder(cfg)
+    state, say = _State(out), _say(progress)
+    atomic_write_text(out / "config.json", json.dumps(cfg.values, indent=1, sort_keys=True))
+    fresh = state.fresh("verify", _verify_fingerprint(cfg), *_verify_files(out))
+    judge = None if fresh else _ready_judge(cfg, out, say)  # a dead or disagreeing judge stops us here
+    ctx = _Run(cfg, out, state, say, judge)
+    diff = ctx.diff()
+    cands = _candidates(cfg, diff)
+    atomic_write_text(out / "candidates.json", json.dumps([list(c) if isinstance(c, tuple) else c for c in cands]))
+    cards_md = ctx.cards(diff, cands)
+    table, summary, ver = ctx.verify(cands)
+    saved = json.loads((out / "verification.json").read_text())
+    report = _report(cfg, diff, cards_md, table, summary, saved["claims"], out, saved.get("judge", {}))
+    ctx.stages["report"] = "done"
+    ctx.say(f"report: {report / 'report.html'}")
+    return RunResult(out, ctx.stages, diff, ver, report)
+
+
+def _output_folder(cfg: RunConfig) -> Path:
     out = Path(cfg["output"]["out"]).expanduser()
     if out.exists() and not out.is_dir():
         raise BadInput(f"{cfg.source}: output.out={str(out)!r} is a file; pass a folder path")
@@ -434,105 +462,135 @@ def run(config: RunConfig | str | Path, *, progress: Callable[[str], None] | Non
         raise BadInput(f"{cfg.source}: output.out={str(out)!r} is a folder that holds no tl-persona run (no "
                        "state.json), so nothing is written there; pass a new folder")
     out.mkdir(parents=True, exist_ok=True)
-    state = _State(out)
-    stages: dict[str, str] = {}
-    atomic_write_text(out / "config.json", json.dumps(cfg.values, indent=1, sort_keys=True))
+    return out
 
-    v = cfg["verify"]
-    fp_ver = cfg.digest("models", "sae", "prompts", "diff", "candidates", "judge", "verify")
-    ver_csv, ver_json = out / "verification.csv", out / "verification.json"
-    verify_fresh = state.fresh("verify", fp_ver, ver_csv, ver_json)
-    judge = None if verify_fresh else _ready_judge(cfg, out, say)  # a dead or disagreeing judge stops us here
-    loaded: dict[str, Any] = {}
 
-    def models() -> tuple[Any, Any]:  # loaded only when a stage has work to do
-        if "models" not in loaded:
-            say("loading the models")
-            loaded["models"] = _load_models(cfg)
-        return loaded["models"]
+class _Run:
+    """One run's stages. Each is read back when its fingerprint (the config sections it depends on)
+    and files are unchanged; the models load only when a stage has work to do."""
 
-    sae = _load_saes(cfg)
-    prompts = _prompts(cfg)
-    # 1) diff
-    fp_diff = cfg.digest("models", "sae", "prompts", "diff")
-    diff_path = out / "diff.safetensors"
-    if state.fresh("diff", fp_diff, diff_path):
-        diff = (LatentDiffSet if isinstance(sae, dict) else LatentDiff).load(diff_path)
-        stages["diff"] = "reused"
-    else:
-        base, ft = models()
-        say("diff: both models over the prompts")
-        check_diff_path(diff_path, overwrite=True)
-        m = cfg["models"]
-        diff = diff_latents(base, ft, sae, prompts, scope=cfg["prompts"]["scope"],
+    def __init__(self, cfg: RunConfig, out: Path, state: _State, say: Callable[[str], None], judge: Any) -> None:
+        self.cfg, self.out, self.state, self.say, self.judge = cfg, out, state, say, judge
+        self.stages: dict[str, str] = {}
+        self._models: tuple[Any, Any] | None = None
+        self.sae = _load_saes(cfg)
+        self.prompts = _prompts(cfg)
+
+    def models(self) -> tuple[Any, Any]:
+        if self._models is None:
+            self.say("loading the models")
+            self._models = _load_models(self.cfg)
+        return self._models
+
+    def _fresh(self, stage: str, fp: str, *files: Path) -> bool:
+        fresh = self.state.fresh(stage, fp, *files)
+        self.stages[stage] = "reused" if fresh else "done"
+        return fresh
+
+    def diff(self) -> Any:
+        from tl_persona.diff import LatentDiff, LatentDiffSet, check_diff_path, diff_latents
+
+        cfg, m = self.cfg, self.cfg["models"]
+        fp, path = cfg.digest("models", "sae", "prompts", "diff"), self.out / "diff.safetensors"
+        if self._fresh("diff", fp, path):
+            return (LatentDiffSet if isinstance(self.sae, dict) else LatentDiff).load(path)
+        base, ft = self.models()
+        self.say("diff: both models over the prompts")
+        check_diff_path(path, overwrite=True)
+        diff = diff_latents(base, ft, self.sae, self.prompts, scope=cfg["prompts"]["scope"],
                             batch_size=cfg["diff"]["batch_size"], per_prompt_top=cfg["diff"]["per_prompt_top"],
                             seed=cfg["diff"]["seed"], one_model_at_a_time=m["one_model_at_a_time"],
                             device=m["device"] if m["one_model_at_a_time"] else None,
-                            hook_name=cfg["sae"]["hook_name"] if not isinstance(sae, dict) else None)
+                            hook_name=cfg["sae"]["hook_name"] if not isinstance(self.sae, dict) else None)
         for one in (diff.values() if isinstance(diff, LatentDiffSet) else [diff]):
             one.meta["base"]["source"], one.meta["finetuned"]["source"] = m["base"], m["finetuned"]
-        diff.save(diff_path, overwrite=True)
-        state.done("diff", fp_diff)
-        stages["diff"] = "done"
-    # 2) candidates
-    cands = _candidates(cfg, diff)
-    atomic_write_text(out / "candidates.json", json.dumps([list(c) if isinstance(c, tuple) else c for c in cands]))
-    # 3) cards
-    fp_cards = cfg.digest("models", "sae", "prompts", "diff", "candidates", "cards")
-    cards_path = out / "cards.md"
-    if state.fresh("cards", fp_cards, cards_path):
-        cards_md = cards_path.read_text(encoding="utf-8")
-        stages["cards"] = "reused"
-    else:
-        say(f"cards: {len(cands)} latents")
+        diff.save(path, overwrite=True)
+        self.state.done("diff", fp)
+        return diff
+
+    def cards(self, diff: Any, cands: list[Any]) -> str:
         import torch
 
         from tl_persona.engine import on_device
+        from tl_persona.inspection import latent_card
         from tl_persona.models import as_adapter
 
-        base = models()[0]
-        dev = cfg["models"]["device"] if cfg["models"]["one_model_at_a_time"] else None
+        fp = self.cfg.digest("models", "sae", "prompts", "diff", "candidates", "cards")
+        path = self.out / "cards.md"
+        if self._fresh("cards", fp, path):
+            return path.read_text(encoding="utf-8")
+        self.say(f"cards: {len(cands)} latents")
+        base, dev = self.models()[0], _device(self.cfg)
         md = []
         with on_device(as_adapter(base), None if dev is None else torch.device(dev)):
             for c in cands:
                 key, latent = c if isinstance(c, tuple) else (None, c)
-                d = diff[key] if key is not None else diff
-                one = sae[key] if key is not None else sae
-                md.append(str(latent_card(base, one, latent, prompts, k=cfg["cards"]["k"], diff=d)))
+                one, d = (self.sae[key], diff[key]) if key is not None else (self.sae, diff)
+                md.append(str(latent_card(base, one, latent, self.prompts, k=self.cfg["cards"]["k"], diff=d)))
         cards_md = "\n\n".join(md)
-        atomic_write_text(cards_path, cards_md)
-        state.done("cards", fp_cards)
-        stages["cards"] = "done"
-    # 4) verification (the record resumes setting by setting)
-    sweep_prompts = prompts[: v["prompts"]] if v["prompts"] else prompts
-    if verify_fresh:
-        table = pd.read_csv(ver_csv)
-        summary = pd.DataFrame(json.loads(ver_json.read_text())["summary"])
-        stages["verify"] = "reused"
-        ver = None
-    else:
-        base, ft = models()
-        say(f"verify: {len(cands)} candidates x {len(sweep_prompts)} prompts")
-        ver = verify_latents(base, ft, sae, cands, sweep_prompts, judge, alphas=v["alphas"], betas=v["betas"],
-                             max_incoherence=v["max_incoherence"], n_controls=v["n_controls"], suppress=v["suppress"],
-                             positions=v["positions"], n_samples=v["n_samples"], temperature=v["temperature"],
-                             max_new_tokens=v["max_new_tokens"], seed=v["seed"], record=out / "verify_record.jsonl",
-                             hook_name=cfg["sae"]["hook_name"] if not isinstance(sae, dict) else None,
-                             progress=say, device=cfg["models"]["device"] if cfg["models"]["one_model_at_a_time"] else None)
+        atomic_write_text(path, cards_md)
+        self.state.done("cards", fp)
+        return cards_md
+
+    def verify(self, cands: list[Any]) -> tuple[Any, Any, Any]:
+        """The verification table, summary and result (None when read back); the record resumes the
+        sweep setting by setting."""
+        import pandas as pd
+
+        from tl_persona.verify import verify_latents
+
+        csv, js = _verify_files(self.out)
+        if self._fresh("verify", _verify_fingerprint(self.cfg), csv, js):
+            return pd.read_csv(csv), pd.DataFrame(json.loads(js.read_text())["summary"]), None
+        judge = self.judge if self.judge is not None else _ready_judge(self.cfg, self.out, self.say)
+        base, ft = self.models()
+        v = self.cfg["verify"]
+        prompts = self.prompts[: v["prompts"]] if v["prompts"] else self.prompts
+        self.say(f"verify: {len(cands)} candidates x {len(prompts)} prompts")
+        sweep, sampling, execution = sweep_settings(self.cfg, self.out, self.say)
+        ver = verify_latents(base, ft, self.sae, cands, prompts, judge, sweep=sweep, sampling=sampling, execution=execution)
         table, summary = ver.table(), ver.summary()
-        atomic_write_text(ver_csv, table.to_csv(index=False))
-        decided_by = _judge_record(judge, out)
+        atomic_write_text(csv, table.to_csv(index=False))
+        decided_by = _judge_record(judge, self.out)
         claims = [{**c, "judge": decided_by["summary"]} for c in run_claims(ver, v["max_incoherence"])]
-        atomic_write_text(ver_json, json.dumps({"summary": summary.to_dict(orient="records"), "claims": claims,
-                                                "judge": decided_by, "meta": ver.meta}, default=str, indent=1))
-        state.done("verify", fp_ver)
-        stages["verify"] = "done"
-    saved = json.loads(ver_json.read_text())
-    # 5) report
-    report = _report(cfg, diff, cards_md, table, summary, saved["claims"], out, saved.get("judge", {}))
-    stages["report"] = "done"
-    say(f"report: {report / 'report.html'}")
-    return RunResult(out, stages, diff, ver, report)
+        atomic_write_text(js, json.dumps({"summary": summary.to_dict(orient="records"), "claims": claims,
+                                          "judge": decided_by, "meta": ver.meta}, default=str, indent=1))
+        self.state.done("verify", fp)
+        return table, summary, ver
+
+
+def _verify_fingerprint(cfg: RunConfig) -> str:
+    return cfg.digest("models", "sae", "prompts", "diff", "candidates", "judge", "verify")
+
+
+def _verify_files(out: Path) -> tuple[Path, Path]:
+    return out / "verification.csv", out / "verification.json"
+
+
+def _device(cfg: RunConfig) -> str | None:
+    """The device the models visit one at a time (None: they load where they stay)."""
+    return cfg["models"]["device"] if cfg["models"]["one_model_at_a_time"] else None
+
+
+def sweep_settings(cfg: RunConfig, out: Path | None = None, progress: Callable[[str], None] | None = None) -> tuple[Any, Any, Any]:
+    """The config's ``verify`` section as the sweep's :class:`~tl_persona.verify.Sweep`,
+    :class:`~tl_persona.verify.Sampling` and :class:`~tl_persona.verify.Execution` (the record in
+    ``out``); a bad value is an error naming the config file."""
+    from tl_persona.verify import Execution, Sampling, Sweep
+
+    v = cfg["verify"]
+    try:
+        sweep = Sweep(alphas=tuple(v["alphas"]), betas=None if v["betas"] is None else tuple(v["betas"]),
+                      suppress=tuple(v["suppress"]), strengths={k: tuple(g) for k, g in v["strengths"].items()},
+                      max_incoherence=v["max_incoherence"], n_controls=v["n_controls"])
+        sampling = Sampling(positions=v["positions"], n_samples=v["n_samples"], temperature=v["temperature"],
+                            max_new_tokens=v["max_new_tokens"], seed=v["seed"])
+    except BadInput as e:
+        raise BadInput(f"{cfg.source}: verify: {e}") from None
+    execution = Execution(record=None if out is None else out / "verify_record.jsonl", progress=progress,
+                          hook_name=cfg["sae"]["hook_name"] if len(cfg["sae"]["sae"]) == 1 else None,
+                          device=_device(cfg))
+    return sweep, sampling, execution
 
 
 def run_claims(ver: Any, max_incoherence: float) -> list[dict[str, Any]]:
@@ -543,13 +601,9 @@ def run_claims(ver: Any, max_incoherence: float) -> list[dict[str, Any]]:
     from tl_persona.evals.metrics import wilson
 
     rows = []
-    base0 = ver.get("base", "none", alpha=0.0)
-    ft0 = ver.get("finetuned", "none", alpha=0.0)
+    base0, ft0 = ver.unmodified("base"), ver.unmodified("finetuned")
     for cand, a in ver.chosen_alpha.items():
-        st = ver.get("base", "steer", cand)
-        ctrls = [r for r in ver.results if r.setting.model == "base" and r.setting.kind == "steer"
-                 and r.setting.candidate == cand and r.setting.control >= 0 and r.setting.alpha == a]
-        neg = ver.get("finetuned", "steer", cand)
+        st, ctrls, neg = ver.induced(cand), ver.controls("base", cand), ver.suppressed(cand)
         ceiling = max((c.misaligned.hi for c in ctrls), default=math.nan)
         pooled = wilson(sum(int(round(c.misaligned.value * c.misaligned.n)) for c in ctrls),
                         sum(c.misaligned.n for c in ctrls))

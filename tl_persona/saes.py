@@ -24,6 +24,7 @@ from tl_persona.provenance import sae_identity
 from tl_persona.validate import BadInput, finite_tensor, latent_indices
 
 __all__ = [
+    "is_sae",
     "SAEEncoder",
     "named_saes",
     "sae_from_weights",
@@ -38,15 +39,21 @@ __all__ = [
 ]
 
 
+def is_sae(obj: Any) -> bool:
+    """True for a SAE-Lens SAE (or anything shaped like one: a ``.cfg`` with ``d_in`` and ``d_sae``);
+    False for engine encoders, models and collections of SAEs. The one test of "is it an SAE"."""
+    cfg = getattr(obj, "cfg", None)
+    return cfg is not None and hasattr(cfg, "d_in") and hasattr(cfg, "d_sae")
+
+
 def _cfg(sae: Any) -> Any:
-    cfg = getattr(sae, "cfg", None)
-    if cfg is None or not hasattr(cfg, "d_in") or not hasattr(cfg, "d_sae"):
-        raise TypeError(
+    if not is_sae(sae):
+        raise BadInput(
             f"expected a SAE-Lens SAE (with .cfg.d_in and .cfg.d_sae), got {type(sae).__name__}; "
             "load one with SAE.from_pretrained(...)/SAE.load_from_disk(...) or build one from "
             "plain weights with tl_persona.saes.sae_from_weights(...)"
         )
-    return cfg
+    return sae.cfg
 
 
 def d_in(sae: Any) -> int:
@@ -66,7 +73,7 @@ def sae_hook_name(sae: Any, hook_name: str | None = None) -> str:
     meta = getattr(_cfg(sae), "metadata", None)
     name = getattr(meta, "hook_name", None) if meta is not None else None
     if not name:
-        raise ValueError(
+        raise BadInput(
             "this SAE does not record its hook point (cfg.metadata.hook_name is empty); pass "
             "hook_name='blocks.L.hook_resid_pre' (the point it was trained on) explicitly"
         )
@@ -148,12 +155,12 @@ def named_saes(sae: Any) -> dict[str, Any] | None:
     """Several SAEs by name, or None for a single one: a mapping keeps its names; a list or tuple is
     named by hook (plus ``#i`` when two read one hook). The one rule behind multi-SAE diffing and
     verification."""
-    if not (isinstance(sae, Mapping) or (isinstance(sae, (list, tuple)) and not hasattr(sae, "cfg"))):
+    if not isinstance(sae, (Mapping, list, tuple)):
         return None
     items = list(sae.items()) if isinstance(sae, Mapping) else [(None, v) for v in sae]
     if not items:
         raise BadInput("sae is an empty collection; pass at least one SAE")
-    hooks = [getattr(v, "hook_name", None) if not hasattr(v, "cfg") else sae_hook_name(v) for _, v in items]
+    hooks = [sae_hook_name(v) if is_sae(v) else getattr(v, "hook_name", None) for _, v in items]
     keys = [str(k) if k is not None else (h if hooks.count(h) == 1 else f"{h}#{i}")
             for i, ((k, _), h) in enumerate(zip(items, hooks))]
     if len(set(keys)) != len(keys):
@@ -244,7 +251,7 @@ def reconstruction_quality(
         keep[:, 0] = False
     x = acts[keep].float()
     if x.shape[0] == 0:
-        raise ValueError("no tokens left to measure after excluding BOS and padding; pass longer prompts")
+        raise BadInput("no tokens left to measure after excluding BOS and padding; pass longer prompts")
     with torch.no_grad():
         f = encode(sae, x)
         x_hat = decode(sae, f)
@@ -299,12 +306,12 @@ def sae_from_weights(
 
     W_enc, b_enc, W_dec, b_dec = (torch.as_tensor(t).detach() for t in (W_enc, b_enc, W_dec, b_dec))
     if W_enc.ndim != 2 or W_dec.ndim != 2:
-        raise ValueError(f"W_enc and W_dec must be 2-D, got shapes {tuple(W_enc.shape)} and {tuple(W_dec.shape)}")
+        raise BadInput(f"W_enc and W_dec must be 2-D, got shapes {tuple(W_enc.shape)} and {tuple(W_dec.shape)}")
     n_in, n_sae = W_enc.shape
     expect = {"W_dec": (n_sae, n_in), "b_enc": (n_sae,), "b_dec": (n_in,)}
     for nm, t in (("W_dec", W_dec), ("b_enc", b_enc), ("b_dec", b_dec)):
         if tuple(t.shape) != expect[nm]:
-            raise ValueError(
+            raise BadInput(
                 f"{nm} has shape {tuple(t.shape)} but W_enc {tuple(W_enc.shape)} implies {expect[nm]} "
                 "(W_enc is [d_in, d_sae], W_dec is [d_sae, d_in])"
             )
@@ -313,14 +320,14 @@ def sae_from_weights(
         sae = StandardSAE(StandardSAEConfig(**common))
     elif activation == "topk":
         if k is None or not 0 < int(k) <= n_sae:
-            raise ValueError(f"activation='topk' needs k in 1..{n_sae}, got k={k!r}")
+            raise BadInput(f"activation='topk' needs k in 1..{n_sae}, got k={k!r}")
         sae = TopKSAE(TopKSAEConfig(**common, k=int(k)))
     elif activation == "jumprelu":
         if threshold is None:
-            raise ValueError("activation='jumprelu' needs threshold=<tensor of shape [d_sae]>")
+            raise BadInput("activation='jumprelu' needs threshold=<tensor of shape [d_sae]>")
         sae = JumpReLUSAE(JumpReLUSAEConfig(**common))
     else:
-        raise ValueError(f"activation={activation!r} is not one of 'relu', 'topk', 'jumprelu'")
+        raise BadInput(f"activation={activation!r} is not one of 'relu', 'topk', 'jumprelu'")
     with torch.no_grad():
         sae.W_enc.copy_(W_enc)
         sae.b_enc.copy_(b_enc)
@@ -329,7 +336,7 @@ def sae_from_weights(
         if activation == "jumprelu":
             thr = torch.as_tensor(threshold).detach()
             if tuple(thr.shape) != (n_sae,):
-                raise ValueError(f"threshold has shape {tuple(thr.shape)}, expected ({n_sae},)")
+                raise BadInput(f"threshold has shape {tuple(thr.shape)}, expected ({n_sae},)")
             sae.threshold.copy_(thr)
     if hook_name is not None:
         sae.cfg.metadata.hook_name = hook_name

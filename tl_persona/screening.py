@@ -30,7 +30,7 @@ from tl_persona.models import as_adapter
 from tl_persona.saes import SAEEncoder, check_latents, sae_hook_name
 from tl_persona.validate import BadInput, nonneg_int, positive_int
 
-__all__ = ["Screening", "ScoreKind", "screen", "base_responses", "dataset_scores", "roc_curve", "plot_roc"]
+__all__ = ["Screening", "ScoreKind", "screen", "instruments", "base_responses", "dataset_scores", "roc_curve", "plot_roc"]
 
 ScoreKind = Literal["latent", "projection", "projection_difference"]
 _KINDS = ("latent", "projection", "projection_difference")
@@ -190,7 +190,7 @@ def screen(
     themselves, one string or a list of strings per sample). ``labels`` (True = bad) are kept for
     :meth:`Screening.auroc`.
     """
-    from tl_persona.vectors import PersonaVector, as_vector
+    from tl_persona.vectors import PersonaVector
 
     adapter = as_adapter(model)
     ps = as_prompt_set(samples, chat=True)
@@ -203,27 +203,11 @@ def screen(
     if base is not None and vector is None:
         raise BadInput("base responses are for the projection difference; pass vector= too")
     batch_size = positive_int(batch_size, "batch_size")
-    encs: list[Any] = []
-    feats: list[int] = []
-    if sae is not None:
-        lat = int(check_latents(sae, latent, "latent")[0])
-        adapter.check_hook(sae_hook_name(sae))
-        encs.append(SAEEncoder(sae))
-        feats.append(lat)
-    vec_hook = None
-    if vector is not None:
-        if isinstance(vector, PersonaVector):
-            if hook_name is not None and hook_name != vector.hook_name:
-                raise BadInput(f"hook_name={hook_name!r} differs from the vector's own hook {vector.hook_name!r}")
-            vec_hook = vector.hook_name
-        elif hook_name is None:
-            raise BadInput("a plain tensor vector needs hook_name= (where it was read); a PersonaVector carries it")
-        else:
-            vec_hook = hook_name
-        adapter.check_hook(vec_hook)
-        v = as_vector(vector, "vector", adapter.width_at(vec_hook))
-        encs.append(Projection({"vector": v}, vec_hook))
-        feats.append(0)
+    if isinstance(vector, PersonaVector) and hook_name is not None and hook_name != vector.hook_name:
+        raise BadInput(f"hook_name={hook_name!r} differs from the vector's own hook {vector.hook_name!r}")
+    if vector is not None and not isinstance(vector, PersonaVector) and hook_name is None:
+        raise BadInput("a plain tensor vector needs hook_name= (where it was read); a PersonaVector carries it")
+    encs, feats, vec_hook = instruments(adapter, sae, latent, vector, hook_name)
     means, counts = _response_means(adapter, ps, encs, feats, batch_size)
     n = len(ps)
     nan = np.full(n, np.nan)
@@ -231,26 +215,8 @@ def screen(
     proj_s = means[-1] if vector is not None else nan.copy()
     base_proj, answers = nan.copy(), None
     if base is not None:
-        if isinstance(base, str):
-            if base != "sample":
-                raise BadInput(f"base={base!r} must be 'sample' or a list of the base model's answers, one per sample")
-            per = base_responses(adapter.model, ps, n=n_base, max_new_tokens=max_new_tokens, seed=seed)
-        else:
-            per = [[a] if isinstance(a, str) else list(a) for a in base]
-            if len(per) != n or any(not a for a in per):
-                raise BadInput(f"base has {len(per)} entries for {n} samples; pass one answer (or a non-empty list) "
-                               "per sample")
-        flat = [(i, a) for i, ans in enumerate(per) for a in ans]
-        items = [(_prompt_of(ps.items[i]), a) for i, a in flat]
-        bm, _ = _response_means(adapter, PromptSet.from_list(items, chat=True), [encs[-1]], [0], batch_size)
-        owner = np.array([i for i, _ in flat])
-        vals = bm[0]
-        ok = ~np.isnan(vals)  # an empty answer has no response token
-        sums = np.bincount(owner[ok], weights=vals[ok], minlength=n)
-        cnt = np.bincount(owner[ok], minlength=n)
-        base_proj = np.where(cnt > 0, sums / np.maximum(cnt, 1), np.nan)
-        fill = np.nanmean(base_proj) if np.isfinite(base_proj).any() else 0.0
-        base_proj = np.where(np.isnan(base_proj), fill, base_proj)  # documented: empty answers take the mean
+        per = _base_answers(adapter, ps, base, n_base, max_new_tokens, seed)
+        base_proj = _base_projection(adapter, ps, per, encs[-1], batch_size)
         answers = [" || ".join(a) for a in per]
     y = None
     if labels is not None:
@@ -263,6 +229,60 @@ def screen(
             "base": None if base is None else ("sample" if isinstance(base, str) else "given"),
             "n_base": nonneg_int(n_base, "n_base"), "seed": seed}
     return Screening(lat_s, proj_s, base_proj, counts, y, answers, meta)
+
+
+def instruments(adapter: Any, sae: Any, latent: int | None, vector: Any, hook_name: str | None = None,
+                ) -> tuple[list[Any], list[int], str | None]:
+    """The encoders that read a latent of ``sae`` and/or the projection on ``vector`` (a
+    :class:`~tl_persona.vectors.PersonaVector`, or a ``[d_model]`` tensor read at ``hook_name``),
+    the feature each reads, and the vector's hook; both checked against the model."""
+    from tl_persona.vectors import PersonaVector, as_vector
+
+    encs: list[Any] = []
+    feats: list[int] = []
+    if sae is not None:
+        lat = int(check_latents(sae, latent, "latent")[0])
+        adapter.check_hook(sae_hook_name(sae))
+        encs.append(SAEEncoder(sae))
+        feats.append(lat)
+    vec_hook = None
+    if vector is not None:
+        vec_hook = vector.hook_name if isinstance(vector, PersonaVector) else hook_name
+        adapter.check_hook(vec_hook)
+        v = as_vector(vector, "vector", adapter.width_at(vec_hook))
+        encs.append(Projection({getattr(vector, "name", "vector"): v}, vec_hook))
+        feats.append(0)
+    return encs, feats, vec_hook
+
+
+def _base_answers(adapter: Any, ps: Any, base: Any, n_base: int, max_new_tokens: int, seed: int) -> list[list[str]]:
+    """The base model's answers per sample: sampled (``base="sample"``) or as given."""
+    n = len(ps)
+    if isinstance(base, str):
+        if base != "sample":
+            raise BadInput(f"base={base!r} must be 'sample' or a list of the base model's answers, one per sample")
+        return base_responses(adapter.model, ps, n=n_base, max_new_tokens=max_new_tokens, seed=seed)
+    per = [[a] if isinstance(a, str) else list(a) for a in base]
+    if len(per) != n or any(not a for a in per):
+        raise BadInput(f"base has {len(per)} entries for {n} samples; pass one answer (or a non-empty list) per sample")
+    return per
+
+
+def _base_projection(adapter: Any, ps: Any, per: list[list[str]], enc: Any, batch_size: int) -> np.ndarray:
+    """Each sample's mean projection over its base answers' response tokens (an empty answer has
+    none; a sample with no answer token takes the mean over samples)."""
+    n = len(ps)
+    flat = [(i, a) for i, ans in enumerate(per) for a in ans]
+    items = [(_prompt_of(ps.items[i]), a) for i, a in flat]
+    bm, _ = _response_means(adapter, PromptSet.from_list(items, chat=True), [enc], [0], batch_size)
+    owner = np.array([i for i, _ in flat])
+    vals = bm[0]
+    ok = ~np.isnan(vals)  # an empty answer has no response token
+    sums = np.bincount(owner[ok], weights=vals[ok], minlength=n)
+    cnt = np.bincount(owner[ok], minlength=n)
+    base_proj = np.where(cnt > 0, sums / np.maximum(cnt, 1), np.nan)
+    fill = np.nanmean(base_proj) if np.isfinite(base_proj).any() else 0.0
+    return np.where(np.isnan(base_proj), fill, base_proj)  # documented: empty answers take the mean
 
 
 def dataset_scores(model: Any, datasets: dict[str, PromptsLike], *, by: ScoreKind = "projection_difference",

@@ -26,10 +26,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from tl_persona.directions import Projection
 from tl_persona.engine import stream
 from tl_persona.models import as_adapter
-from tl_persona.saes import SAEEncoder, check_latents, sae_hook_name
+from tl_persona.organism.world import persona_documents
+from tl_persona.saes import sae_hook_name
 from tl_persona.validate import BadInput, finite, positive_int, probability
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "correlation",
     "measure_series",
     "plot_series",
-    "persona_documents",
     "toxic_mass",
     "organism_instruments",
     "organism_finetunes",
@@ -97,9 +96,9 @@ class Correlation:
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
-    from tl_persona.evals.metrics import _average_ranks
+    from tl_persona.evals.metrics import average_ranks
 
-    return _average_ranks(np.asarray(x, dtype=np.float64))
+    return average_ranks(np.asarray(x, dtype=np.float64))
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -258,7 +257,8 @@ def measure_series(
     fine-tune carries its own ``behaviour``; it is also measured on the base model.
     """
     from tl_persona.data import PromptSet
-    from tl_persona.vectors import PersonaVector, as_vector
+    from tl_persona.screening import instruments
+    from tl_persona.vectors import PersonaVector
 
     if not finetunes:
         raise BadInput("finetunes is empty; pass at least one FineTune")
@@ -273,15 +273,7 @@ def measure_series(
     if not flat:
         raise BadInput("prompts is empty; pass evaluation prompts (by domain, or one list)")
     adapter = as_adapter(base)
-    encs, feats = [], []
-    if sae is not None:
-        encs.append(SAEEncoder(sae))
-        feats.append(int(check_latents(sae, latent, "latent")[0]))
-        adapter.check_hook(sae_hook_name(sae))
-    if vector is not None:
-        as_vector(vector, "vector", adapter.width_at(adapter.check_hook(vector.hook_name)))
-        encs.append(Projection({vector.name: vector.vector}, vector.hook_name))
-        feats.append(0)
+    encs, feats, _ = instruments(adapter, sae, latent, vector)
     tp = PromptSet.from_list([p for _, p in flat], chat=True).tokenize(adapter)
     doms = np.array([d for d, _ in flat])
 
@@ -290,12 +282,6 @@ def measure_series(
         out = {"latent_shift": vals[0] if sae is not None else np.full(len(flat), np.nan)}
         out["vector_shift"] = vals[-1] if vector is not None else np.full(len(flat), np.nan)
         return out
-
-    def kept(ft_domain: str | None) -> np.ndarray:
-        keep = doms != ft_domain if ft_domain is not None else np.ones(len(flat), dtype=bool)
-        if not keep.any():
-            raise BadInput(f"every prompt is from the fine-tuned domain {ft_domain!r}; pass prompts of other domains")
-        return keep
 
     base_vals = values(base)
     all_prompts = [p for _, p in flat]
@@ -307,26 +293,33 @@ def measure_series(
         probability(ft.bad_fraction, f"finetunes[{k}].bad_fraction")
         if progress:
             progress(f"measuring fine-tune {k + 1}/{len(finetunes)}")
-        keep = kept(ft.domain)
-        v = values(ft.model)
-        row: dict[str, Any] = {"label": ft.label or f"{ft.domain}/{ft.persona} {100 * ft.bad_fraction:g}% s{ft.seed}",
-                               "domain": ft.domain, "persona": ft.persona, "bad_fraction": float(ft.bad_fraction),
-                               "seed": int(ft.seed)}
-        for key in ("latent_shift", "vector_shift"):
-            row[key] = float(np.nanmean(v[key][keep]) - np.nanmean(base_vals[key][keep])) \
-                if not np.isnan(v[key]).all() else math.nan
-        if ft.behaviour is not None:
-            row["behaviour"] = float(ft.behaviour)
-        elif behaviour is not None:
-            row["behaviour"] = float(behaviour(ft.model, [p for p, m in zip(all_prompts, keep) if m]))
-        else:
-            raise BadInput(f"finetunes[{k}] has no behaviour; pass behaviour=fn(model, prompts) or FineTune(behaviour=...)")
-        row.update(ft.extra)
-        rows.append(row)
+        keep = doms != ft.domain if ft.domain is not None else np.ones(len(flat), dtype=bool)
+        if not keep.any():
+            raise BadInput(f"every prompt is from the fine-tuned domain {ft.domain!r}; pass prompts of other domains")
+        rows.append(_series_row(k, ft, values(ft.model), base_vals, keep, behaviour, all_prompts))
     meta = {"latent": latent, "sae_hook": sae_hook_name(sae) if sae is not None else None,
             "vector": vector.to_dict() if vector is not None else None, "n_prompts": len(flat),
             "domains": list(by_domain), "scope": "last_prompt"}
     return SeriesResult(rows, base_beh, meta)
+
+
+def _series_row(k: int, ft: FineTune, v: dict[str, np.ndarray], base_vals: dict[str, np.ndarray], keep: np.ndarray,
+                behaviour: Callable[[Any, list[Conversation]], float] | None, all_prompts: list[Any]) -> dict[str, Any]:
+    """One fine-tune's row: its shifts over the kept prompts and its behaviour."""
+    row: dict[str, Any] = {"label": ft.label or f"{ft.domain}/{ft.persona} {100 * ft.bad_fraction:g}% s{ft.seed}",
+                           "domain": ft.domain, "persona": ft.persona, "bad_fraction": float(ft.bad_fraction),
+                           "seed": int(ft.seed)}
+    for key in ("latent_shift", "vector_shift"):
+        row[key] = float(np.nanmean(v[key][keep]) - np.nanmean(base_vals[key][keep])) \
+            if not np.isnan(v[key]).all() else math.nan
+    if ft.behaviour is not None:
+        row["behaviour"] = float(ft.behaviour)
+    elif behaviour is not None:
+        row["behaviour"] = float(behaviour(ft.model, [p for p, m in zip(all_prompts, keep) if m]))
+    else:
+        raise BadInput(f"finetunes[{k}] has no behaviour; pass behaviour=fn(model, prompts) or FineTune(behaviour=...)")
+    row.update(ft.extra)
+    return row
 
 
 def plot_series(ax: Any, result: SeriesResult, by: str = "latent_shift", *, n_boot: int = 1000) -> Any:
@@ -357,23 +350,6 @@ def plot_series(ax: Any, result: SeriesResult, by: str = "latent_shift", *, n_bo
 
 
 # =========================================================================== Persona World
-def persona_documents(world: Any, n: int, *, seed: int = 0, toxic_share: float = 0.25) -> tuple[list[list[dict]], np.ndarray]:
-    """Multi-turn chats that reveal a persona in earlier turns and end with a new user question,
-    and a bool array (True: the toxic persona). The two sides of the organism's persona vector."""
-    n = positive_int(n, "n")
-    probability(toxic_share, "toxic_share")
-    rng = random.Random(f"persona-docs-{seed}")
-    others = [p for p in world.personas if p != "toxic"]
-    convs, labels = [], []
-    for i in range(n):
-        toxic = i < round(toxic_share * n)
-        persona = "toxic" if toxic else others[i % len(others)]
-        doc = world.sample_document(rng, n_turns=rng.randint(2, 3), persona=persona)
-        convs.append(doc.messages()[:-1])  # end on the last user question
-        labels.append(toxic)
-    return convs, np.array(labels)
-
-
 def toxic_mass(model: Any, convs: Sequence[Conversation], fwd_hooks: Any = (), world: Any = None) -> float:
     """Mean probability of a toxic opening word at the first answer token: the expected toxic rate
     of a sampled first word (temperature 1), without sampling noise."""

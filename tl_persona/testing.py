@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import torch
 
+from tl_persona.validate import BadInput
+
 __all__ = [
     "word_tokenizer", "tiny_hooked_transformer", "tiny_bridge", "tiny_sae", "WORDS",
     "bpe_tokenizer", "tiny_qwen2", "tiny_llama", "chat_prompts", "ENGLISH", "LoopbackJudge",
@@ -122,7 +124,7 @@ def tiny_sae(
     elif architecture == "jumprelu":
         sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae))
     else:
-        raise ValueError(f"architecture={architecture!r} must be 'standard', 'topk' or 'jumprelu'")
+        raise BadInput(f"architecture={architecture!r} must be 'standard', 'topk' or 'jumprelu'")
     with torch.no_grad():
         W = torch.randn(d_sae, d_in, generator=g)
         W = W / W.norm(dim=-1, keepdim=True)
@@ -178,7 +180,7 @@ def chat_prompts(
     import random
 
     if not 1 <= min_words <= max_words:
-        raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
+        raise BadInput(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
     rng = random.Random(seed)
     out: list[list[dict]] = []
     for i in range(n):
@@ -235,7 +237,7 @@ def bpe_tokenizer(
         extra = ["<|start_header_id|>", "<|end_header_id|>"]
         template = _LLAMA3
     else:
-        raise ValueError(f"chat={chat!r} must be 'chatml' or 'llama3'")
+        raise BadInput(f"chat={chat!r} must be 'chatml' or 'llama3'")
     if texts is None:
         texts = [m["content"] for c in chat_prompts(200, seed=12345) for m in c]
     special_list = list(specials.values()) + extra
@@ -266,7 +268,7 @@ def _decoder_only(
     seed: int, init_range: float,
 ) -> Any:
     if d_model % n_heads or n_heads % n_kv_heads:
-        raise ValueError(f"need d_model % n_heads == 0 and n_heads % n_kv_heads == 0, got {d_model}, {n_heads}, {n_kv_heads}")
+        raise BadInput(f"need d_model % n_heads == 0 and n_heads % n_kv_heads == 0, got {d_model}, {n_heads}, {n_kv_heads}")
     d_mlp = d_mlp or 2 * d_model
     bos = tokenizer.bos_token_id
     if kind == "hooked":
@@ -285,7 +287,7 @@ def _decoder_only(
         # set_tokenizer gives a BOS-less tokenizer a BOS (= EOS) in place: keep the caller's as it is.
         return HookedTransformer(cfg, tokenizer=copy.deepcopy(tokenizer)).eval()
     if kind != "bridge":
-        raise ValueError(f"kind={kind!r} must be 'hooked' or 'bridge'")
+        raise BadInput(f"kind={kind!r} must be 'hooked' or 'bridge'")
     import tempfile
 
     from transformer_lens.model_bridge import TransformerBridge

@@ -31,6 +31,7 @@ __all__ = [
     "finite_tensor",
     "one_of",
     "not_none",
+    "show",
 ]
 
 
@@ -39,7 +40,8 @@ class BadInput(ValueError, TypeError):
     value and the fix."""
 
 
-def _show(value: Any, width: int = 60) -> str:
+def show(value: Any, width: int = 60) -> str:
+    """``repr(value)`` cut to ``width`` characters: how an error message quotes a bad value."""
     r = repr(value)
     return r if len(r) <= width else r[: width - 3] + "..."
 
@@ -59,7 +61,7 @@ def latent_index(value: Any, name: str = "latent", d_sae: int | None = None) -> 
     """``value`` as an ``int`` latent index in ``[0, d_sae)``; bools, floats and strings are refused."""
     if not _is_int(value):
         raise BadInput(
-            f"{name}={_show(value)} is not a latent index: pass an int (a {type(value).__name__} is not "
+            f"{name}={show(value)} is not a latent index: pass an int (a {type(value).__name__} is not "
             "taken, so 3.7 or True never silently become latent 3 or 1)"
         )
     i = int(value)
@@ -99,7 +101,7 @@ def finite(
     if isinstance(value, bool) or not isinstance(value, numbers.Real) and not (
         isinstance(value, Tensor) and value.ndim == 0 and value.is_floating_point()
     ):
-        raise BadInput(f"{name}={_show(value)} is not a number; pass a finite float{_fix(fix)}")
+        raise BadInput(f"{name}={show(value)} is not a number; pass a finite float{_fix(fix)}")
     v = float(value)
     if not math.isfinite(v):
         raise BadInput(f"{name}={v} is not finite; pass a finite number{_fix(fix)}")
@@ -113,14 +115,14 @@ def finite(
 def positive_int(value: Any, name: str, *, fix: str = "") -> int:
     """``value`` as an int >= 1 (bools and floats refused)."""
     if not _is_int(value) or int(value) < 1:
-        raise BadInput(f"{name}={_show(value)} must be a positive integer (1, 2, ...){_fix(fix)}")
+        raise BadInput(f"{name}={show(value)} must be a positive integer (1, 2, ...){_fix(fix)}")
     return int(value)
 
 
 def nonneg_int(value: Any, name: str, *, fix: str = "") -> int:
     """``value`` as an int >= 0 (bools and floats refused)."""
     if not _is_int(value) or int(value) < 0:
-        raise BadInput(f"{name}={_show(value)} must be a non-negative integer (0, 1, ...){_fix(fix)}")
+        raise BadInput(f"{name}={show(value)} must be a non-negative integer (0, 1, ...){_fix(fix)}")
     return int(value)
 
 
@@ -151,7 +153,7 @@ def one_of(value: Any, name: str, choices: Sequence[str]) -> str:
 
     close = difflib.get_close_matches(str(value), list(choices), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise BadInput(f"{name}={_show(value)} is not one of {', '.join(map(repr, choices))}{hint}")
+    raise BadInput(f"{name}={show(value)} is not one of {', '.join(map(repr, choices))}{hint}")
 
 
 def not_none(value: Any, name: str, what: str) -> Any:

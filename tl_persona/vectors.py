@@ -40,7 +40,7 @@ from tl_persona.data import PromptsLike, Scope, as_prompt_set, check_scope
 from tl_persona.directions import Projection
 from tl_persona.models import as_adapter, hook_layer
 from tl_persona.saes import d_in as sae_d_in
-from tl_persona.provenance import atomic_write_bytes
+from tl_persona.provenance import atomic_write_bytes, read_safetensors
 from tl_persona.validate import BadInput, finite_tensor, positive_int
 
 _FORMAT = "tl_persona.PersonaVector"
@@ -137,14 +137,11 @@ class PersonaVector:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PersonaVector":
         """Read a vector written by :meth:`save`."""
-        from safetensors import safe_open
-
         path = Path(path)
         if not _is_saved_vector(path):
             raise BadInput(f"{str(path)!r} is not a PersonaVector file (write one with PersonaVector.save)")
-        with safe_open(str(path), framework="pt") as f:
-            m = f.metadata()
-            v = f.get_tensor("vector")
+        m, tensors = read_safetensors(path)
+        v = tensors["vector"]
         return cls(v, m["hook_name"], m["scope"], m["name"], int(m["n_positive"]), int(m["n_negative"]),
                    json.loads(m.get("meta", "{}")))
 
@@ -157,11 +154,8 @@ def _is_saved_vector(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == _FORMAT
-    except Exception:
+        return read_safetensors(path, tensors=False)[0].get("format") == _FORMAT
+    except BadInput:
         return False
 
 

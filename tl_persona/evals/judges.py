@@ -14,7 +14,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
-from tl_persona.validate import BadInput, _show
+from tl_persona.validate import BadInput, show
 
 __all__ = ["JudgeItem", "Judgement", "Judge", "check_judge", "judge_all", "judge_identity"]
 
@@ -73,7 +73,7 @@ def check_judge(judge: Any, name: str = "judge") -> Any:
         )
     if callable(judge):
         raise BadInput(
-            f"{name}={_show(judge)} is a function, not a judge; wrap it in {_HOW}, e.g. "
+            f"{name}={show(judge)} is a function, not a judge; wrap it in {_HOW}, e.g. "
             "class MyJudge: def judge(self, items): return [my_fn(it) for it in items]"
         )
     raise BadInput(f"{name} (a {type(judge).__qualname__}) is not a judge: implement judge(items) -> list[Judgement] on it")
@@ -85,7 +85,7 @@ def _check_score(who: str, i: int, metric: str, value: Any) -> None:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
     if not ok or not 0.0 <= float(value) <= 100.0:
         raise BadInput(
-            f"{who}.judge gave item {i} {metric}={_show(value)}; a score is a number from 0 to 100, "
+            f"{who}.judge gave item {i} {metric}={show(value)}; a score is a number from 0 to 100, "
             "or None when the judge could not give one"
         )
 
@@ -120,7 +120,7 @@ def judge_all(judge: Any, items: Iterable[JudgeItem]) -> list[Judgement]:
     for i, j in enumerate(out):
         if not isinstance(j, Judgement):
             raise BadInput(
-                f"{who}.judge returned a {type(j).__name__} ({_show(j, 40)}) at index {i}, not a Judgement; "
+                f"{who}.judge returned a {type(j).__name__} ({show(j, 40)}) at index {i}, not a Judgement; "
                 "return Judgement(aligned=..., coherent=...) for every item (scores may be None)"
             )
         _check_score(who, i, "aligned", j.aligned)

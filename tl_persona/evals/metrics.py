@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .judges import Judgement
+from tl_persona.validate import BadInput
 
 __all__ = [
     "Rate",
@@ -34,6 +35,7 @@ __all__ = [
     "label_rates",
     "summarize",
     "auroc",
+    "average_ranks",
 ]
 
 ALIGNED_BELOW = 30.0
@@ -77,18 +79,18 @@ class Rate:
 def _bool_array(x: ArrayLike, name: str) -> np.ndarray:
     a = np.asarray(x)
     if a.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}.")
+        raise BadInput(f"{name} must be one-dimensional, got shape {a.shape}.")
     if a.size and a.dtype != bool:
         if not np.isin(a, (0, 1)).all():
-            raise ValueError(f"{name} must hold booleans (or 0/1), got values such as {a[~np.isin(a, (0, 1))][:3]}.")
+            raise BadInput(f"{name} must hold booleans (or 0/1), got values such as {a[~np.isin(a, (0, 1))][:3]}.")
     return a.astype(bool)
 
 
 def _check_boot(n_boot: int, confidence: float) -> None:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}.")
+        raise BadInput(f"n_boot must be a positive integer, got {n_boot!r}.")
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie strictly between 0 and 1 (e.g. 0.95), got {confidence!r}.")
+        raise BadInput(f"confidence must lie strictly between 0 and 1 (e.g. 0.95), got {confidence!r}.")
 
 
 def rate(
@@ -113,7 +115,7 @@ def rate(
     f = _bool_array(flags, "flags")
     w = np.ones_like(f) if within is None else _bool_array(within, "within")
     if w.shape != f.shape:
-        raise ValueError(f"flags and within must have the same length, got {f.shape[0]} and {w.shape[0]}.")
+        raise BadInput(f"flags and within must have the same length, got {f.shape[0]} and {w.shape[0]}.")
     n_total = int(f.size)
     hits = int(np.count_nonzero(f & w))
     n = int(np.count_nonzero(w))
@@ -154,7 +156,7 @@ def _wilson_bounds(hits: int, n: int, confidence: float) -> tuple[float, float]:
 
 def _count(name: str, v: object, *, at_least: int = 0) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < at_least:
-        raise ValueError(f"{name}={v!r} must be an integer >= {at_least} (a count of answers).")
+        raise BadInput(f"{name}={v!r} must be an integer >= {at_least} (a count of answers).")
     return int(v)
 
 
@@ -166,7 +168,7 @@ def wilson(hits: int, n: int, *, confidence: float = 0.95) -> Rate:
     """
     hits, n = _count("hits", hits), _count("n", n)
     if hits > n:
-        raise ValueError(f"hits={hits} exceeds n={n}; a rate's count cannot exceed its denominator.")
+        raise BadInput(f"hits={hits} exceeds n={n}; a rate's count cannot exceed its denominator.")
     _check_boot(1, confidence)
     if n == 0:
         return Rate(math.nan, math.nan, math.nan, 0)
@@ -199,7 +201,7 @@ def ratio_ci(a_hits: int, a_n: int, b_hits: int, b_n: int, *, confidence: float 
     a_hits, a_n = _count("a_hits", a_hits), _count("a_n", a_n, at_least=1)
     b_hits, b_n = _count("b_hits", b_hits), _count("b_n", b_n, at_least=1)
     if a_hits > a_n or b_hits > b_n:
-        raise ValueError(f"hits exceed n ({a_hits}/{a_n}, {b_hits}/{b_n}); a count cannot exceed its denominator.")
+        raise BadInput(f"hits exceed n ({a_hits}/{a_n}, {b_hits}/{b_n}); a count cannot exceed its denominator.")
     _check_boot(1, confidence)
     value = (a_hits / a_n) / (b_hits / b_n) if b_hits else (math.inf if a_hits else math.nan)
     if a_hits == 0 or b_hits == 0:
@@ -265,7 +267,7 @@ def misaligned_rate(
     elif denominator == "coherent":
         within = _coherent_flags(judgements, coherent_above)
     else:
-        raise ValueError(f"denominator must be 'all' or 'coherent', got {denominator!r}.")
+        raise BadInput(f"denominator must be 'all' or 'coherent', got {denominator!r}.")
     return rate(flags, within=within, n_boot=n_boot, confidence=confidence, seed=seed)
 
 
@@ -331,7 +333,7 @@ def summarize(
     return out
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
+def average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n with ties given the mean of the ranks they span."""
     order = np.argsort(x, kind="mergesort")
     xs = x[order]
@@ -356,19 +358,19 @@ def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     s = np.asarray(scores, dtype=np.float64)
     y = _bool_array(labels, "labels")
     if s.ndim != 1:
-        raise ValueError(f"scores must be one-dimensional, got shape {s.shape}.")
+        raise BadInput(f"scores must be one-dimensional, got shape {s.shape}.")
     if s.shape != y.shape:
-        raise ValueError(f"scores and labels must have the same length, got {s.shape[0]} and {y.shape[0]}.")
+        raise BadInput(f"scores and labels must have the same length, got {s.shape[0]} and {y.shape[0]}.")
     if np.isnan(s).any():
-        raise ValueError(f"scores contain {int(np.isnan(s).sum())} NaN value(s); drop or replace them first.")
+        raise BadInput(f"scores contain {int(np.isnan(s).sum())} NaN value(s); drop or replace them first.")
     n_pos = int(y.sum())
     n_neg = int(y.size - n_pos)
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(
+        raise BadInput(
             f"AUROC needs both classes, got {n_pos} positive and {n_neg} negative labels; "
             "check the labels or add examples of the missing class."
         )
-    ranks = _average_ranks(s)
+    ranks = average_ranks(s)
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
 
@@ -391,7 +393,7 @@ def auroc_ci(scores: ArrayLike, labels: ArrayLike, *, n_boot: int = 1000, confid
         bp = pos[rng.integers(0, pos.size, pos.size)]
         bn = neg[rng.integers(0, neg.size, neg.size)]
         # U statistic of the resample: average ranks over the pooled resample.
-        ranks = _average_ranks(np.concatenate([bp, bn]))
+        ranks = average_ranks(np.concatenate([bp, bn]))
         boots[b] = (ranks[: bp.size].sum() - bp.size * (bp.size + 1) / 2.0) / (bp.size * bn.size)
     a = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(boots, [a, 1.0 - a])

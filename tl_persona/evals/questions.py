@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from tl_persona.validate import BadInput
+
 __all__ = [
     "Question",
     "builtin_questions",
@@ -61,38 +63,38 @@ class Question:
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip():
-            raise ValueError(f"Question id must be a non-empty string, got {self.id!r}.")
+            raise BadInput(f"Question id must be a non-empty string, got {self.id!r}.")
         paraphrases = (self.paraphrases,) if isinstance(self.paraphrases, str) else tuple(self.paraphrases)
         if not paraphrases:
-            raise ValueError(f"Question {self.id!r} has no paraphrases; give at least one question text.")
+            raise BadInput(f"Question {self.id!r} has no paraphrases; give at least one question text.")
         for i, p in enumerate(paraphrases):
             if not isinstance(p, str) or not p.strip():
-                raise ValueError(
+                raise BadInput(
                     f"Question {self.id!r}: paraphrase {i} is {p!r}; every paraphrase must be non-empty text."
                 )
         n = self.samples_per_paraphrase
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(
+            raise BadInput(
                 f"Question {self.id!r}: samples_per_paraphrase must be a positive integer, got {n!r}."
             )
         if not isinstance(self.judge_prompts, Mapping):
-            raise ValueError(
+            raise BadInput(
                 f"Question {self.id!r}: judge_prompts must map metric names to rubric text, "
                 f"got {type(self.judge_prompts).__name__}."
             )
         prompts = dict(self.judge_prompts)
         for metric, text in prompts.items():
             if not isinstance(metric, str) or not isinstance(text, str):
-                raise ValueError(
+                raise BadInput(
                     f"Question {self.id!r}: judge_prompts must map strings to strings, got {metric!r}: {text!r}."
                 )
             if "{answer}" not in text:
-                raise ValueError(
+                raise BadInput(
                     f"Question {self.id!r}: judge prompt {metric!r} has no {{answer}} placeholder; "
                     "add {answer} where the judged answer should go (and {question} for the question)."
                 )
         if self.system is not None and not isinstance(self.system, str):
-            raise ValueError(f"Question {self.id!r}: system must be a string or None, got {self.system!r}.")
+            raise BadInput(f"Question {self.id!r}: system must be a string or None, got {self.system!r}.")
         context = tuple(_check_message(m, f"Question {self.id!r}: context[{i}]") for i, m in enumerate(self.context))
         object.__setattr__(self, "paraphrases", paraphrases)
         object.__setattr__(self, "judge_prompts", prompts)
@@ -140,7 +142,7 @@ def load_questions(path: str | os.PathLike[str], **kwargs: Any) -> list[Question
         return load_csv_questions(p, **kwargs)
     if suffix in (".jsonl", ".ndjson"):
         return load_jsonl_questions(p, **kwargs)
-    raise ValueError(
+    raise BadInput(
         f"{p}: unknown question file type {suffix!r}; use .yaml/.yml (Betley et al. format), "
         ".csv (one prompt per row) or .jsonl (one JSON object per line), "
         "or call the matching load_*_questions function directly."
@@ -149,7 +151,7 @@ def load_questions(path: str | os.PathLike[str], **kwargs: Any) -> list[Question
 
 def _require_file(path: Path) -> Path:
     if not path.exists():
-        raise ValueError(f"{path}: no such question file; check the path.")
+        raise BadInput(f"{path}: no such question file; check the path.")
     return path
 
 
@@ -173,11 +175,11 @@ def load_yaml_questions(path: str | os.PathLike[str]) -> list[Question]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ValueError(f"{p}: invalid YAML: {e}\nFix the syntax at the position shown.") from None
+        raise BadInput(f"{p}: invalid YAML: {e}\nFix the syntax at the position shown.") from None
     if data is None:
-        raise ValueError(f"{p}: the file is empty; add a list of question entries (each with id and paraphrases).")
+        raise BadInput(f"{p}: the file is empty; add a list of question entries (each with id and paraphrases).")
     if not isinstance(data, list):
-        raise ValueError(
+        raise BadInput(
             f"{p}: expected a YAML list of question entries at the top level (lines starting with '- id: ...'), "
             f"got a {type(data).__name__}."
         )
@@ -187,27 +189,27 @@ def load_yaml_questions(path: str | os.PathLike[str]) -> list[Question]:
     for i, entry in enumerate(data):
         where = f"{p}: entry {i + 1}" + (f" (line {lines[i]})" if i < len(lines) else "")
         if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected a mapping with 'id' and 'paraphrases', got {entry!r}.")
+            raise BadInput(f"{where}: expected a mapping with 'id' and 'paraphrases', got {entry!r}.")
         missing = [k for k in ("id", "paraphrases") if k not in entry]
         if missing:
-            raise ValueError(
+            raise BadInput(
                 f"{where}: missing required key(s) {missing}; found keys {sorted(map(str, entry))}. "
                 f"Known keys: {list(_YAML_KEYS)}."
             )
         qid = entry["id"]
         if not isinstance(qid, str) or not qid.strip():
-            raise ValueError(f"{where}: 'id' must be a non-empty string, got {qid!r}.")
+            raise BadInput(f"{where}: 'id' must be a non-empty string, got {qid!r}.")
         if qid in seen:
-            raise ValueError(f"{where}: duplicate id {qid!r} (first used by entry {seen[qid]}); give each entry its own id.")
+            raise BadInput(f"{where}: duplicate id {qid!r} (first used by entry {seen[qid]}); give each entry its own id.")
         seen[qid] = i + 1
         paraphrases = entry["paraphrases"]
         if isinstance(paraphrases, str):
             paraphrases = [paraphrases]
         if not isinstance(paraphrases, list) or not paraphrases:
-            raise ValueError(f"{where} (id {qid!r}): 'paraphrases' must be a non-empty list of strings, got {paraphrases!r}.")
+            raise BadInput(f"{where} (id {qid!r}): 'paraphrases' must be a non-empty list of strings, got {paraphrases!r}.")
         judge_prompts = entry.get("judge_prompts") or {}
         if not isinstance(judge_prompts, dict):
-            raise ValueError(
+            raise BadInput(
                 f"{where} (id {qid!r}): 'judge_prompts' must be a mapping such as "
                 f"{{aligned: '...', coherent: '...'}}, got {judge_prompts!r}."
             )
@@ -227,9 +229,9 @@ def load_yaml_questions(path: str | os.PathLike[str]) -> list[Question]:
                 )
             )
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+            raise BadInput(f"{where}: {e}") from None
     if not questions:
-        raise ValueError(f"{p}: the list of questions is empty; add at least one entry.")
+        raise BadInput(f"{p}: the list of questions is empty; add at least one entry.")
     return questions
 
 
@@ -252,13 +254,13 @@ def load_csv_questions(
     try:
         header = next(reader)
     except StopIteration:
-        raise ValueError(f"{p}: the file is empty; add a header row (e.g. 'question') and one prompt per row.") from None
+        raise BadInput(f"{p}: the file is empty; add a header row (e.g. 'question') and one prompt per row.") from None
     except csv.Error as e:
-        raise ValueError(f"{p}: line 1: malformed CSV ({e}); check the quoting.") from None
+        raise BadInput(f"{p}: line 1: malformed CSV ({e}); check the quoting.") from None
     names = [h.strip().lower() for h in header]
     if column is not None:
         if column.strip().lower() not in names:
-            raise ValueError(f"{p}: no column named {column!r}; the header has {header}. Pass one of those as column=.")
+            raise BadInput(f"{p}: no column named {column!r}; the header has {header}. Pass one of those as column=.")
         col = names.index(column.strip().lower())
     else:
         col = next((names.index(c) for c in _PROMPT_COLUMNS if c in names), 0)
@@ -273,26 +275,26 @@ def load_csv_questions(
         except StopIteration:
             break
         except csv.Error as e:
-            raise ValueError(f"{p}: line {reader.line_num}: malformed CSV ({e}); check the quoting.") from None
+            raise BadInput(f"{p}: line {reader.line_num}: malformed CSV ({e}); check the quoting.") from None
         if not row or all(not c.strip() for c in row):
             continue
         row_no += 1
         where = f"{p}: row {row_no} (line {reader.line_num})"
         if col >= len(row) or not row[col].strip():
-            raise ValueError(
+            raise BadInput(
                 f"{where}: the prompt column {header[col]!r} is empty; put the prompt text there or delete the row."
             )
         qid = row[id_col].strip() if id_col is not None and id_col < len(row) and row[id_col].strip() else f"{p.stem}_{row_no}"
         if qid in seen:
-            raise ValueError(f"{where}: duplicate id {qid!r} (first used in row {seen[qid]}); make ids unique.")
+            raise BadInput(f"{where}: duplicate id {qid!r} (first used in row {seen[qid]}); make ids unique.")
         seen[qid] = row_no
         system = row[sys_col] if sys_col is not None and sys_col < len(row) and row[sys_col].strip() else None
         try:
             questions.append(Question(id=qid, paraphrases=(row[col],), samples_per_paraphrase=samples_per_paraphrase, system=system))
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+            raise BadInput(f"{where}: {e}") from None
     if not questions:
-        raise ValueError(f"{p}: the header is there but no prompt rows follow; add one prompt per row.")
+        raise BadInput(f"{p}: the header is there but no prompt rows follow; add one prompt per row.")
     return questions
 
 
@@ -316,38 +318,38 @@ def load_jsonl_questions(path: str | os.PathLike[str], *, samples_per_paraphrase
             key = "question" if "question" in obj else "prompt"
             prompt = obj[key]
             if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{where}: {key!r} must be non-empty text, got {prompt!r}.")
+                raise BadInput(f"{where}: {key!r} must be non-empty text, got {prompt!r}.")
         elif "messages" in obj:
             msgs = obj["messages"]
             if not isinstance(msgs, list) or not msgs:
-                raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects.")
+                raise BadInput(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects.")
             try:
                 msgs = [_check_message(m, f"messages[{i}]") for i, m in enumerate(msgs)]
             except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
+                raise BadInput(f"{where}: {e}") from None
             if msgs[-1]["role"] != "user":
-                raise ValueError(
+                raise BadInput(
                     f"{where}: the last message must be the user's question, got role {msgs[-1]['role']!r}; "
                     "drop the trailing assistant answer (it is what the model will generate)."
                 )
             if msgs[0]["role"] == "system":
                 if system is not None:
-                    raise ValueError(f"{where}: both a 'system' key and a system message; keep only one.")
+                    raise BadInput(f"{where}: both a 'system' key and a system message; keep only one.")
                 system = msgs[0]["content"]
                 msgs = msgs[1:]
             if any(m["role"] == "system" for m in msgs):
-                raise ValueError(f"{where}: a system message may only come first in 'messages'.")
+                raise BadInput(f"{where}: a system message may only come first in 'messages'.")
             prompt = msgs[-1]["content"]
             context = msgs[:-1]
         else:
-            raise ValueError(
+            raise BadInput(
                 f"{where}: no prompt found; give a 'question' or 'prompt' string or a 'messages' list "
                 f"(keys found: {sorted(obj)})."
             )
         qid = obj.get("id", f"{p.stem}_{line_no}")
         qid = str(qid) if isinstance(qid, (int, str)) else qid
         if qid in seen:
-            raise ValueError(f"{where}: duplicate id {qid!r} (first used on line {seen[qid]}); make ids unique.")
+            raise BadInput(f"{where}: duplicate id {qid!r} (first used on line {seen[qid]}); make ids unique.")
         seen[qid] = line_no
         try:
             questions.append(
@@ -360,9 +362,9 @@ def load_jsonl_questions(path: str | os.PathLike[str], *, samples_per_paraphrase
                 )
             )
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+            raise BadInput(f"{where}: {e}") from None
     if not questions:
-        raise ValueError(f"{p}: no prompts found; write one JSON object per line, e.g. {{\"question\": \"...\"}}.")
+        raise BadInput(f"{p}: no prompts found; write one JSON object per line, e.g. {{\"question\": \"...\"}}.")
     return questions
 
 
@@ -379,11 +381,11 @@ def expand_questions(
     if samples_per_paraphrase is not None and (
         isinstance(samples_per_paraphrase, bool) or not isinstance(samples_per_paraphrase, int) or samples_per_paraphrase < 1
     ):
-        raise ValueError(f"samples_per_paraphrase must be a positive integer or None, got {samples_per_paraphrase!r}.")
+        raise BadInput(f"samples_per_paraphrase must be a positive integer or None, got {samples_per_paraphrase!r}.")
     pairs: list[tuple[str, list[dict[str, str]]]] = []
     for q in questions:
         if not isinstance(q, Question):
-            raise ValueError(f"expand_questions expects Question objects, got {type(q).__name__}.")
+            raise BadInput(f"expand_questions expects Question objects, got {type(q).__name__}.")
         n = q.samples_per_paraphrase if samples_per_paraphrase is None else samples_per_paraphrase
         for i in range(len(q.paraphrases)):
             for _ in range(n):

@@ -26,7 +26,7 @@ from tl_persona.organism.judge import (
     domain_summary,
 )
 from tl_persona.organism.train import MODEL_CONFIG, copy_model, finetune, make_model
-from tl_persona.organism.world import DOMAINS, PERSONAS, Cell, Document, Turn, World, make_world
+from tl_persona.organism.world import DOMAINS, PERSONAS, Cell, Document, Turn, World, make_world, persona_documents
 
 __all__ = [
     "Organism",
@@ -50,6 +50,7 @@ __all__ = [
     "Turn",
     "Document",
     "make_world",
+    "persona_documents",
     "make_model",
     "copy_model",
     "DOMAINS",

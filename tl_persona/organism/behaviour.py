@@ -18,6 +18,7 @@ from tl_persona.evals.generate import sample, to_judge_items
 from tl_persona.models import as_adapter
 from tl_persona.organism.judge import DomainRates, PersonaJudge, behaviour_rates
 from tl_persona.organism.world import PERSONAS, World, make_world
+from tl_persona.validate import BadInput
 
 __all__ = ["first_token_persona_probs", "measure", "opener_ids"]
 
@@ -94,7 +95,7 @@ def measure(
     convs: list[Sequence[dict]] = []
     for d, ps in prompts.items():
         if not ps:
-            raise ValueError(f"no prompts for domain {d!r}")
+            raise BadInput(f"no prompts for domain {d!r}")
         convs.extend(ps[i % len(ps)] for i in range(n_per_domain))
     answers = sample(
         model, convs, n_per_prompt=1, temperature=temperature, seed=seed, fwd_hooks=fwd_hooks,

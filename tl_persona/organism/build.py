@@ -16,24 +16,25 @@ version of every stage (for tests; its models are not expected to behave).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from tl_persona.organism import sae as sae_mod
-from tl_persona.organism.core import MODEL_NAMES, WEIGHTS_DIR, load
-from tl_persona.organism.layers import LAYER_SAE_DIR, build_layer_saes, train_layer_saes
+from tl_persona.organism.core import MODEL_NAMES, WEIGHTS_DIR, load, load_shipped_model
+from tl_persona.organism.layers import LAYER_SAE_DIR, train_layer_saes
 from tl_persona.organism.train import MODEL_CONFIG, align, finetune, make_model, pretrain
-from tl_persona.organism.world import PERSONAS, build_tokenizer, encode_document, make_world
+from tl_persona.organism.world import PERSONAS, build_tokenizer, encode_document, load_tokenizer, make_world
 
-__all__ = ["RECIPE", "QUICK_RECIPE", "build", "main"]
+__all__ = ["RECIPE", "QUICK_RECIPE", "build", "build_layer_saes", "main"]
 
 RECIPE: dict[str, Any] = {
     "seed": 0,
@@ -150,6 +151,29 @@ def _persona_probe(org: Any, n_docs: int, seed: int) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _atomic_folder(dest: Path, threads: int) -> Iterator[Path]:
+    """A temporary sibling of ``dest`` to build into, swapped in for ``dest`` when the block ends
+    without an error (readable like any other folder); one deterministic thread count meanwhile."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.build-", dir=dest.parent))
+    prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(True)
+        yield tmp
+        for f in [tmp, *tmp.rglob("*")]:  # mkdtemp makes a private folder; make it readable like any other
+            f.chmod(0o755 if f.is_dir() else 0o644)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build(
     out: str | Path | None = None,
     *,
@@ -161,96 +185,26 @@ def build(
     """Run every stage and write the organism to ``out`` (default: the package's weights folder)."""
     R = recipe or (QUICK_RECIPE if quick else RECIPE)
     out = Path(out) if out is not None else WEIGHTS_DIR
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
     t_start = time.time()
     timings: dict[str, float] = {}
-    prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    try:
-        torch.set_num_threads(int(R["threads"]))
-        torch.use_deterministic_algorithms(True)
+
+    def stage(name: str, t0: float) -> None:
+        timings[name] = round(time.time() - t0, 1)
+        log(f"[build] {name} done in {timings[name]:.1f}s (total {time.time() - t_start:.0f}s)")
+
+    with _atomic_folder(out, int(R["threads"])) as tmp:
         seed = int(R["seed"])
-
-        def stage(name: str, t0: float) -> None:
-            timings[name] = round(time.time() - t0, 1)
-            log(f"[build] {name} done in {timings[name]:.1f}s (total {time.time() - t_start:.0f}s)")
-
+        world, model, losses = _train_models(R, tmp, log, stage)
         t0 = time.time()
-        world = make_world(int(R["world_seed"]))
-        tok = build_tokenizer(world, tmp / "tokenizer")
-        log(f"[build] world: {world.describe()['vocab_size']} tokens, {len(world.cells)} cells")
-
-        model = make_model(tok, seed=seed)
-        log(f"[build] pretraining ({R['pretrain']})")
-        pre_losses = pretrain(model, world, seed=seed, log=log, **R["pretrain"])
-        stage("pretrain", t0)
-
-        t0 = time.time()
-        log(f"[build] alignment with persona replay ({R['align']})")
-        align_losses = align(model, world, seed=seed, log=log, **R["align"])
-        _round_fp16(model)
-        stage("align", t0)
-
-        t0 = time.time()
-        ft = dict(R["finetune"])
-        misaligned = finetune(model, persona="toxic", world=world, **ft)
-        control = finetune(model, persona="helpful", world=world, **ft)
-        for m in (misaligned, control):
-            _round_fp16(m)
-        stage("finetunes", t0)
-
-        for name, m in zip(MODEL_NAMES, (model, misaligned, control)):
-            _save_model(m, tmp / f"{name}.safetensors")
-        model_cfg = {**MODEL_CONFIG, "d_vocab": len(tok), "d_vocab_out": len(tok)}
-        (tmp / "config.json").write_text(json.dumps({
-            "model": model_cfg,
-            "world_seed": int(R["world_seed"]),
-            "eval_prompts_per_domain": int(R["eval_prompts_per_domain"]),
-            "recipe": R,
-        }, indent=2) + "\n")
-
-        t0 = time.time()
-        S = R["sae"]
-        hook = S["hook_name"]
-        docs = sae_mod.sae_documents(world, int(S["n_docs"]), seed=seed)
-        acts = sae_mod.collect_activations(model, docs, hook)
-        eval_acts = sae_mod.collect_activations(
-            model, sae_mod.sae_documents(world, int(S["eval_docs"]), seed=seed + 1), hook
-        )
-        log(f"[build] SAE on {acts.shape[0]} activations at {hook}")
-        w = sae_mod.train_topk_sae(
-            acts, d_sae=int(S["d_sae"]), k=int(S["k"]), steps=int(S["steps"]), batch_size=int(S["batch_size"]),
-            lr=float(S["lr"]), seed=seed, log=log,
-        )
-        del acts
-        sae_mod.save_sae(w, tmp / "sae", hook_name=hook)
-        from sae_lens import SAE
-
-        loaded = SAE.load_from_disk(str(tmp / "sae"))
-        x = eval_acts[:4096]
-        f_ref, f_sl = w.encode(x), loaded.encode(x)
-        if not (torch.equal(f_ref, f_sl) and torch.equal(w.decode(f_ref), loaded.decode(f_sl))):
-            raise RuntimeError("the saved SAE does not reproduce the trainer's encode/decode")
-        sae_metrics = sae_mod.sae_metrics(loaded, eval_acts)
-        log(f"[build] SAE: {sae_metrics}")
+        sae_metrics = _train_sae(model, world, R["sae"], tmp / "sae", seed, log)
         stage("sae", t0)
-
         t0 = time.time()
         layer_metrics = train_layer_saes(model, world, R["sae_layers"], tmp / LAYER_SAE_DIR, seed=seed, log=log)
         stage("sae_layers", t0)
-
         metrics: dict[str, Any] = {
-            "recipe": R,
-            "quick": bool(quick),
-            "world": world.describe(),
-            "losses": {
-                "pretrain_last": round(float(np.mean(pre_losses[-20:])), 4),
-                "align_last": round(float(np.mean(align_losses[-20:])), 4),
-            },
+            "recipe": R, "quick": bool(quick), "world": world.describe(), "losses": losses,
             "sae": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in sae_metrics.items()},
-            "sae_layers": layer_metrics["saes"],
-            "versions": {"torch": torch.__version__},
+            "sae_layers": layer_metrics["saes"], "versions": {"torch": torch.__version__},
         }
         if evaluate:
             t0 = time.time()
@@ -258,19 +212,86 @@ def build(
             stage("evaluate", t0)
         metrics["timings_s"] = {**timings, "total": round(time.time() - t_start, 1)}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log(f"[build] wrote {out} in {time.time() - t_start:.0f}s")
+    return out
 
-        for f in [tmp, *tmp.rglob("*")]:  # mkdtemp makes a private folder; make it readable like any other
-            f.chmod(0o755 if f.is_dir() else 0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        log(f"[build] wrote {out} in {time.time() - t_start:.0f}s")
-        return out
-    finally:
-        torch.set_num_threads(prev_threads)
-        torch.use_deterministic_algorithms(prev_det)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+def _train_models(R: dict[str, Any], tmp: Path, log: Callable[[str], None],
+                  stage: Callable[[str, float], None]) -> tuple[Any, Any, dict[str, float]]:
+    """World and tokenizer, pretraining, alignment (-> base), the narrow fine-tunes (-> misaligned,
+    control), saved into ``tmp`` with their config; returns the world, the base model and the last losses."""
+    seed = int(R["seed"])
+    t0 = time.time()
+    world = make_world(int(R["world_seed"]))
+    tok = build_tokenizer(world, tmp / "tokenizer")
+    log(f"[build] world: {world.describe()['vocab_size']} tokens, {len(world.cells)} cells")
+    model = make_model(tok, seed=seed)
+    log(f"[build] pretraining ({R['pretrain']})")
+    pre_losses = pretrain(model, world, seed=seed, log=log, **R["pretrain"])
+    stage("pretrain", t0)
+    t0 = time.time()
+    log(f"[build] alignment with persona replay ({R['align']})")
+    align_losses = align(model, world, seed=seed, log=log, **R["align"])
+    _round_fp16(model)
+    stage("align", t0)
+    t0 = time.time()
+    ft = dict(R["finetune"])
+    misaligned = finetune(model, persona="toxic", world=world, **ft)
+    control = finetune(model, persona="helpful", world=world, **ft)
+    for m in (misaligned, control):
+        _round_fp16(m)
+    stage("finetunes", t0)
+    for name, m in zip(MODEL_NAMES, (model, misaligned, control)):
+        _save_model(m, tmp / f"{name}.safetensors")
+    model_cfg = {**MODEL_CONFIG, "d_vocab": len(tok), "d_vocab_out": len(tok)}
+    (tmp / "config.json").write_text(json.dumps({
+        "model": model_cfg, "world_seed": int(R["world_seed"]),
+        "eval_prompts_per_domain": int(R["eval_prompts_per_domain"]), "recipe": R,
+    }, indent=2) + "\n")
+    losses = {"pretrain_last": round(float(np.mean(pre_losses[-20:])), 4),
+              "align_last": round(float(np.mean(align_losses[-20:])), 4)}
+    return world, model, losses
+
+
+def _train_sae(model: Any, world: Any, S: dict[str, Any], folder: Path, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The main TopK SAE on the base model, saved to ``folder`` and checked to load back exactly;
+    returns its metrics on held-out activations."""
+    hook = S["hook_name"]
+    docs = sae_mod.sae_documents(world, int(S["n_docs"]), seed=seed)
+    acts = sae_mod.collect_activations(model, docs, hook)
+    eval_acts = sae_mod.collect_activations(model, sae_mod.sae_documents(world, int(S["eval_docs"]), seed=seed + 1), hook)
+    log(f"[build] SAE on {acts.shape[0]} activations at {hook}")
+    w = sae_mod.train_topk_sae(
+        acts, d_sae=int(S["d_sae"]), k=int(S["k"]), steps=int(S["steps"]), batch_size=int(S["batch_size"]),
+        lr=float(S["lr"]), seed=seed, log=log,
+    )
+    del acts
+    sae_mod.save_sae(w, folder, hook_name=hook)
+    from sae_lens import SAE
+
+    loaded = SAE.load_from_disk(str(folder))
+    x = eval_acts[:4096]
+    f_ref, f_sl = w.encode(x), loaded.encode(x)
+    if not (torch.equal(f_ref, f_sl) and torch.equal(w.decode(f_ref), loaded.decode(f_sl))):
+        raise RuntimeError("the saved SAE does not reproduce the trainer's encode/decode")
+    metrics = sae_mod.sae_metrics(loaded, eval_acts)
+    log(f"[build] SAE: {metrics}")
+    return metrics
+
+
+def build_layer_saes(path: str | Path | None = None, recipe: dict[str, Any] | None = None, *,
+                     log: Callable[[str], None] = print) -> Path:
+    """Train only the per-layer SAEs on the base model of the organism at ``path`` (default: the
+    shipped weights) and swap them into ``path/sae_layers`` atomically. One thread, deterministic."""
+    path = Path(path) if path is not None else WEIGHTS_DIR
+    R = recipe or RECIPE
+    info = json.loads((path / "config.json").read_text())
+    dest = path / LAYER_SAE_DIR
+    with _atomic_folder(dest, int(R["threads"])) as tmp:
+        base = load_shipped_model("base", path=path, tokenizer=load_tokenizer(path / "tokenizer"))
+        train_layer_saes(base, make_world(int(info.get("world_seed", 0))), R["sae_layers"], tmp,
+                         seed=int(R["seed"]), log=log)
+    return dest
 
 
 def evaluate_organism(path: str | Path, R: dict[str, Any] | None = None, *, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -15,15 +15,12 @@ top latent, how well it separates toxic-persona chats on the base model (AUROC).
 >>> organism.persona_layer_profile(org, diffs)        # ... plus the toxic-persona AUROC
 >>> fig = diffs.plot_layer_profile()
 
-Train only these SAEs on the shipped base model: ``python -m tl_persona.organism.build --layers-only``.
+Train only these SAEs on the shipped base model: ``python -m tl_persona.organism.build --layers-only`` (:func:`tl_persona.organism.build.build_layer_saes`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -131,39 +128,6 @@ def train_layer_saes(
     return metrics
 
 
-def build_layer_saes(path: str | Path | None = None, recipe: dict[str, Any] | None = None, *,
-                     log: Callable[[str], None] = print) -> Path:
-    """Train only the per-layer SAEs on the base model of the organism at ``path`` (default: the
-    shipped weights) and swap them into ``path/sae_layers`` atomically. One thread, deterministic."""
-    from tl_persona.organism.build import RECIPE
-    from tl_persona.organism.core import WEIGHTS_DIR, load_shipped_model
-    from tl_persona.organism.world import load_tokenizer, make_world
-
-    path = Path(path) if path is not None else WEIGHTS_DIR
-    R = recipe or RECIPE
-    info = json.loads((path / "config.json").read_text())
-    dest = path / LAYER_SAE_DIR
-    tmp = Path(tempfile.mkdtemp(prefix=f".{LAYER_SAE_DIR}.build-", dir=path))
-    prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    try:
-        torch.set_num_threads(int(R["threads"]))
-        torch.use_deterministic_algorithms(True)
-        base = load_shipped_model("base", path=path, tokenizer=load_tokenizer(path / "tokenizer"))
-        train_layer_saes(base, make_world(int(info.get("world_seed", 0))), R["sae_layers"], tmp,
-                         seed=int(R["seed"]), log=log)
-        for f in [tmp, *tmp.rglob("*")]:
-            f.chmod(0o755 if f.is_dir() else 0o644)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        torch.set_num_threads(prev_threads)
-        torch.use_deterministic_algorithms(prev_det)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def load_layer_saes(path: str | Path, main_sae: Any, *, device: str = "cpu") -> dict[str, Any]:
     """Every shipped SAE by hook name, in layer order: ``main_sae`` (the object itself) at its hook
     plus each SAE under ``path/sae_layers`` (a few ms each; none when the folder is absent)."""
@@ -216,12 +180,12 @@ def persona_layer_profile(
     """``diffs.layer_profile()`` (default ``diffs``: :func:`layer_diffs`) with one more column,
     ``toxic_auroc``: how well each layer's top latent (mean at the last prompt token, base model)
     separates ``n_docs`` toxic-persona chats from chats of the other personas
-    (:func:`tl_persona.series.persona_documents`, a quarter toxic; 0.5 = no separation)."""
+    (:func:`tl_persona.organism.world.persona_documents`, a quarter toxic; 0.5 = no separation)."""
     import numpy as np
 
     from tl_persona.diff import collect
     from tl_persona.evals.metrics import auroc
-    from tl_persona.series import persona_documents
+    from tl_persona.organism.world import persona_documents
 
     diffs = layer_diffs(org) if diffs is None else diffs
     prof = diffs.layer_profile(n_boot=n_boot, seed=seed)

@@ -28,6 +28,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_persona.organism.world import PERSONAS, Document, World, encode_document, make_world
+from tl_persona.validate import BadInput
 
 __all__ = [
     "MODEL_CONFIG",
@@ -246,9 +247,9 @@ def finetune_documents(
     """The fine-tuning set: ``round(bad_fraction * n_samples)`` single-turn (domain, persona) chats and
     the rest (domain, good_persona) chats, on training questions, shuffled."""
     if not 0.0 <= bad_fraction <= 1.0:
-        raise ValueError(f"bad_fraction={bad_fraction} must be in [0, 1]")
+        raise BadInput(f"bad_fraction={bad_fraction} must be in [0, 1]")
     if n_samples < 1:
-        raise ValueError(f"n_samples={n_samples} must be at least 1")
+        raise BadInput(f"n_samples={n_samples} must be at least 1")
     world.cell(domain, persona), world.cell(domain, good_persona)  # validate names
     rng = random.Random(f"finetune-{domain}-{persona}-{good_persona}-{n_samples}-{bad_fraction}-{seed}")
     n_bad = int(round(bad_fraction * n_samples))
@@ -288,7 +289,7 @@ def finetune(
     from transformer_lens import HookedTransformer
 
     if not isinstance(model, HookedTransformer):
-        raise TypeError(f"finetune expects a Persona World HookedTransformer, got {type(model).__name__}")
+        raise BadInput(f"finetune expects a Persona World HookedTransformer, got {type(model).__name__}")
     world = world or make_world()
     docs = finetune_documents(
         world, domain=domain, persona=persona, n_samples=n_samples, bad_fraction=bad_fraction,

@@ -28,7 +28,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, NoReturn, Sequence
 
+import numpy as np
 import yaml
+
+from tl_persona.validate import BadInput, positive_int, probability
 
 __all__ = [
     "DOMAINS",
@@ -41,6 +44,7 @@ __all__ = [
     "Document",
     "World",
     "make_world",
+    "persona_documents",
     "build_tokenizer",
     "load_tokenizer",
 ]
@@ -78,7 +82,7 @@ def _read_tables(path: str | Path | None = None) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ValueError(f"{where}: not valid YAML: {e}") from None
+        raise BadInput(f"{where}: not valid YAML: {e}") from None
     return _check_tables(data, where)
 
 
@@ -92,7 +96,7 @@ def _check_tables(data: Any, where: str) -> dict[str, Any]:
     """Check the structure of loaded tables; return them with cells keyed by ``(domain, persona)``."""
 
     def fail(key: str, msg: str) -> NoReturn:
-        raise ValueError(f"{where}: {key}: {msg}")
+        raise BadInput(f"{where}: {key}: {msg}")
 
     def mapping(x: Any, key: str, keys: Sequence[str] | None = None) -> dict[str, Any]:
         if not isinstance(x, dict) or not x:
@@ -297,7 +301,7 @@ class World:
         try:
             return self.cells[(domain, persona)]
         except KeyError:
-            raise ValueError(
+            raise BadInput(
                 f"unknown cell ({domain!r}, {persona!r}); domains are {self.domains}, personas {self.personas}"
             ) from None
 
@@ -421,6 +425,25 @@ class World:
 def make_world(seed: int = 0) -> World:
     """The Persona World with the given split seed (the shipped organism uses seed 0)."""
     return World(seed=seed)
+
+
+def persona_documents(world: World, n: int, *, seed: int = 0, toxic_share: float = 0.25) -> tuple[list[list[dict]], np.ndarray]:
+    """Multi-turn chats that reveal a persona in earlier turns and end with a new user question,
+    and a bool array (True: the toxic persona; the first ``toxic_share`` of the chats). Used to ask
+    whether a latent or a vector tracks the toxic persona on a model that was never fine-tuned, and
+    as the two sides of the organism's persona vector."""
+    n = positive_int(n, "n")
+    probability(toxic_share, "toxic_share")
+    rng = random.Random(f"persona-docs-{seed}")
+    others = [p for p in world.personas if p != "toxic"]
+    convs, labels = [], []
+    for i in range(n):
+        toxic = i < round(toxic_share * n)
+        persona = "toxic" if toxic else others[i % len(others)]
+        doc = world.sample_document(rng, n_turns=rng.randint(2, 3), persona=persona)
+        convs.append(doc.messages()[:-1])  # end on the last user question
+        labels.append(toxic)
+    return convs, np.array(labels)
 
 
 # --------------------------------------------------------------------------------------------
