@@ -20,6 +20,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tl_persona.validate import BadInput
+
 __all__ = ["ModelAdapter", "TokenBatch", "Message", "as_adapter", "hook_layer", "check_width", "check_message",
            "check_messages"]
 
@@ -74,7 +76,7 @@ class ModelAdapter:
     def __init__(self, model: Any, name: str | None = None) -> None:
         for attr in ("hook_dict", "run_with_hooks", "hooks", "cfg"):
             if not hasattr(model, attr):
-                raise TypeError(
+                raise BadInput(
                     f"expected a TransformerLens HookedTransformer or TransformerBridge, got "
                     f"{type(model).__name__} (no `{attr}`); load the model with "
                     "HookedTransformer.from_pretrained(...) or TransformerBridge.boot_transformers(...)"
@@ -103,7 +105,7 @@ class ModelAdapter:
         """The model's Hugging Face tokenizer (required for text input)."""
         tok = getattr(self.model, "tokenizer", None)
         if tok is None:
-            raise ValueError(
+            raise BadInput(
                 f"model {self.name!r} has no tokenizer; pass token ids, or attach one with "
                 "model.set_tokenizer(tokenizer)"
             )
@@ -135,10 +137,10 @@ class ModelAdapter:
         accepts TransformerLens' classic ``blocks.L.hook_resid_*`` names as aliases.
         """
         if where not in ("pre", "mid", "post"):
-            raise ValueError(f"where={where!r} is not one of 'pre', 'mid', 'post'")
+            raise BadInput(f"where={where!r} is not one of 'pre', 'mid', 'post'")
         n = self.n_layers
         if not -n <= layer < n:
-            raise ValueError(f"layer={layer} is out of range for a model with {n} layers (use 0..{n - 1})")
+            raise BadInput(f"layer={layer} is out of range for a model with {n} layers (use 0..{n - 1})")
         layer = layer % n
         candidates = [f"blocks.{layer}.hook_resid_{where}"]
         if where == "pre":
@@ -153,12 +155,12 @@ class ModelAdapter:
     def check_hook(self, name: str) -> str:
         """Return ``name`` if the model has that hook point, else raise with the closest valid names."""
         if not isinstance(name, str):
-            raise TypeError(f"hook name must be a string, got {type(name).__name__}: {name!r}")
+            raise BadInput(f"hook name must be a string, got {type(name).__name__}: {name!r}")
         if name in self.model.hook_dict:
             return name
         close = difflib.get_close_matches(name, self.hook_names, n=5, cutoff=0.5)
         hint = f" Closest valid names: {', '.join(close)}." if close else ""
-        raise ValueError(
+        raise BadInput(
             f"hook {name!r} does not exist on model {self.name!r}.{hint} "
             f"Use ModelAdapter.resid_hook(layer, 'pre'|'mid'|'post') to build a residual hook name."
         )
@@ -209,7 +211,7 @@ class ModelAdapter:
         if isinstance(texts, str):
             texts = [texts]
         if len(texts) == 0:
-            raise ValueError("to_tokens got no texts; pass at least one prompt")
+            raise BadInput("to_tokens got no texts; pass at least one prompt")
         rows = [self.encode_text(t) for t in texts]
         return self.pad(rows, max_length=max_length)
 
@@ -221,7 +223,7 @@ class ModelAdapter:
             rows = [list(r)[:limit] for r in rows]
         for i, r in enumerate(rows):
             if len(r) == 0:
-                raise ValueError(f"prompt {i} has no tokens; drop empty prompts")
+                raise BadInput(f"prompt {i} has no tokens; drop empty prompts")
         pad_id = getattr(self.tokenizer, "pad_token_id", None) if getattr(self.model, "tokenizer", None) else None
         tokens, mask = pad_rows(rows, pad_id)
         bos_mask = torch.zeros_like(mask)
@@ -259,7 +261,7 @@ class ModelAdapter:
         """
         names = list(dict.fromkeys(hook_names))
         if not names:
-            raise ValueError("run_to_hooks needs at least one hook name")
+            raise BadInput("run_to_hooks needs at least one hook name")
         for n in names:
             self.check_hook(n)
         box: dict[str, Tensor] = {}
@@ -340,8 +342,6 @@ def check_width(what: str, d_in: int, width: int, hook_name: str, model_name: st
     """The one check that a reader of width ``d_in`` (an SAE, directions) fits the activation width
     at a hook point; the error names both widths, the hook, the model and the fix."""
     if int(d_in) != int(width):
-        from tl_persona.validate import BadInput
-
         raise BadInput(
             f"{what} d_in={d_in} does not match the activation width {width} at {hook_name!r} of model "
             f"{model_name!r}; use an SAE (or directions) made for this model and hook point"
@@ -359,8 +359,6 @@ _ROLES = ("system", "user", "assistant")
 def check_message(message: Any, where: str = "message") -> Message:
     """One chat message checked and copied as ``{"role", "content"}``: a mapping with a role of
     ``system``/``user``/``assistant`` and string content; errors start with ``where``."""
-    from tl_persona.validate import BadInput
-
     if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
         raise BadInput(f"{where} must be a dict with 'role' and 'content', got {message!r:.80}")
     if message["role"] not in _ROLES:
@@ -373,8 +371,6 @@ def check_message(message: Any, where: str = "message") -> Message:
 def check_messages(messages: Any, where: str = "") -> list[Message]:
     """A conversation checked with :func:`check_message`: a non-empty list of messages (the one
     validator behind prompt sets, question files and chat formatting)."""
-    from tl_persona.validate import BadInput
-
     pre = f"{where}: " if where else ""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or len(messages) == 0:
         raise BadInput(f"{pre}a conversation must be a non-empty list of {{'role', 'content'}} dicts, got "

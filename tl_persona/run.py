@@ -555,7 +555,7 @@ class _Run:
         claims = [{**c, "judge": decided_by["summary"]} for c in run_claims(ver, v["max_incoherence"])]
         atomic_write_text(js, json.dumps({"summary": summary.to_dict(orient="records"), "claims": claims,
                                           "judge": decided_by, "meta": ver.meta}, default=str, indent=1))
-        self.state.done("verify", fp)
+        self.state.done("verify", _verify_fingerprint(self.cfg))
         return table, summary, ver
 
 

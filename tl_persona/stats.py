@@ -21,6 +21,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tl_persona.validate import BadInput
+
 __all__ = ["LatentStats", "PerPromptTracker", "SparseEntries", "sparse_entries", "bootstrap_ratio_delta", "dist_info"]
 
 _F64 = torch.float64
@@ -86,7 +88,7 @@ class LatentStats:
 
     def __init__(self, d_sae: int, device: torch.device | str | None = None) -> None:
         if not isinstance(d_sae, int) or d_sae < 1:
-            raise ValueError(f"d_sae must be a positive integer, got {d_sae!r}")
+            raise BadInput(f"d_sae must be a positive integer, got {d_sae!r}")
         self.d_sae = d_sae
         dev = torch.device(device) if device is not None else torch.device("cpu")
         self.n = 0
@@ -108,7 +110,7 @@ class LatentStats:
         float rounding.
         """
         if f.ndim != 2 or f.shape[1] != self.d_sae:
-            raise ValueError(f"expected a [n, {self.d_sae}] chunk of latent activations, got shape {tuple(f.shape)}")
+            raise BadInput(f"expected a [n, {self.d_sae}] chunk of latent activations, got shape {tuple(f.shape)}")
         nb = int(f.shape[0])
         if nb == 0:
             return self
@@ -173,7 +175,7 @@ class LatentStats:
     def merge(self, other: "LatentStats") -> "LatentStats":
         """Fold ``other`` (statistics of other tokens) into this accumulator, in place; returns self."""
         if not isinstance(other, LatentStats) or other.d_sae != self.d_sae:
-            raise ValueError(f"can only merge LatentStats with d_sae={self.d_sae}")
+            raise BadInput(f"can only merge LatentStats with d_sae={self.d_sae}")
         if other.n == 0:
             return self
         dev = self._mean.device
@@ -317,7 +319,7 @@ class PerPromptTracker:
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if capacity is None and self.device.type != "cpu":
-            raise ValueError("a PerPromptTracker on a device needs a capacity (its storage is allocated once)")
+            raise BadInput("a PerPromptTracker on a device needs a capacity (its storage is allocated once)")
         self._reset()
 
     def _reset(self) -> None:
@@ -351,15 +353,15 @@ class PerPromptTracker:
     ) -> None:
         """Record the latents' activation sums and counted tokens for a batch of prompts."""
         if sums.ndim != 2 or sums.shape[1] != len(self.latents) or sums.shape[0] != len(prompt_ids):
-            raise ValueError(
+            raise BadInput(
                 f"sums must be [batch={len(prompt_ids)}, m={len(self.latents)}], got {tuple(sums.shape)}"
             )
         ids = torch.as_tensor(prompt_ids, dtype=torch.long).cpu()
         if self.capacity is not None:
             if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= self.capacity):
-                raise ValueError(f"prompt ids must lie in [0, {self.capacity}) for this tracker's capacity")
+                raise BadInput(f"prompt ids must lie in [0, {self.capacity}) for this tracker's capacity")
             if bool((self._buf_counts[ids] >= 0).any()) or len(torch.unique(ids)) != len(ids):
-                raise ValueError("a prompt was recorded twice in a PerPromptTracker; each prompt must be added once")
+                raise BadInput("a prompt was recorded twice in a PerPromptTracker; each prompt must be added once")
             self.write(ids.to(self.device), sums.to(self.device), torch.as_tensor(counts, dtype=torch.int64).cpu(), ids)
             return
         self._ids.append(ids)
@@ -377,7 +379,7 @@ class PerPromptTracker:
         order = torch.argsort(ids, stable=True)
         ids, sums, counts = ids[order], sums[order], counts[order]
         if len(ids) > 1 and bool((ids[1:] == ids[:-1]).any()):
-            raise ValueError("a prompt was recorded twice in a PerPromptTracker; each prompt must be added once")
+            raise BadInput("a prompt was recorded twice in a PerPromptTracker; each prompt must be added once")
         self._ids, self._sums, self._counts = [ids], [sums], [counts]
         return ids, sums, counts
 
@@ -421,7 +423,7 @@ class PerPromptTracker:
     def merge(self, other: "PerPromptTracker") -> "PerPromptTracker":
         """Add the prompts recorded by ``other`` (same latents, other prompts), in place; returns self."""
         if not torch.equal(self.latents, other.latents):
-            raise ValueError("can only merge PerPromptTrackers of the same latents")
+            raise BadInput("can only merge PerPromptTrackers of the same latents")
         ids, sums, counts = other._cat()
         if len(ids):
             self.add(ids, sums, counts)
@@ -489,15 +491,15 @@ def bootstrap_ratio_delta(
     Returns ``(estimate, lo, hi)`` of the central ``confidence`` interval (e.g. 0.95).
     """
     if not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+        raise BadInput(f"n_boot must be a positive integer, got {n_boot!r}")
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie strictly between 0 and 1 (e.g. 0.95), got {confidence!r}")
+        raise BadInput(f"confidence must lie strictly between 0 and 1 (e.g. 0.95), got {confidence!r}")
     alpha = 1.0 - confidence
     keep = counts > 0
     d = (sums_b - sums_a)[keep].astype(np.float64)
     c = counts[keep].astype(np.float64)
     if c.size == 0:
-        raise ValueError("no prompt has a counted token; nothing to bootstrap")
+        raise BadInput("no prompt has a counted token; nothing to bootstrap")
     est = float(d.sum() / c.sum())
     rng = np.random.default_rng(seed)
     n = c.size

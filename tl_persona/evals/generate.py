@@ -42,6 +42,7 @@ by a hook on the logits (``unembed.hook_out``), the innermost hook, after any of
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence, Union
 
 import torch
@@ -124,101 +125,124 @@ def sample(
     """
     n_per_prompt = positive_int(n_per_prompt, "n_per_prompt")
     batch_size = positive_int(batch_size, "batch_size")
-    max_new_tokens = positive_int(max_new_tokens, "max_new_tokens", fix="an answer needs at least one token")
-    temperature = finite(temperature, "temperature", min=0.0, fix="0 means greedy decoding")
-    top_p = finite(top_p, "top_p", min=0.0, min_open=True, max=1.0)
-    if top_k is not None:
-        top_k = positive_int(top_k, "top_k")
+    dec = _Decoding(
+        max_new_tokens=positive_int(max_new_tokens, "max_new_tokens", fix="an answer needs at least one token"),
+        temperature=finite(temperature, "temperature", min=0.0, fix="0 means greedy decoding"),
+        top_p=finite(top_p, "top_p", min=0.0, min_open=True, max=1.0),
+        top_k=None if top_k is None else positive_int(top_k, "top_k"))
     if conversations is None or isinstance(conversations, (str, bytes)):
         raise BadInput(f"conversations={conversations!r:.60} must be a list of conversations (or of strings)")
     if padding not in ("left", "none"):
-        raise ValueError(f"padding={padding!r} must be 'left' or 'none'")
-    n_out = len(conversations) * n_per_prompt
-    if seeds is not None:
-        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, Tensor)):
-            raise BadInput(f"seeds={seeds!r:.60} must be a list of integers, one per answer")
-        seeds = [int(x) for x in (seeds.tolist() if isinstance(seeds, Tensor) else seeds)]
-        if len(seeds) != n_out:
-            raise BadInput(f"seeds has {len(seeds)} entries; need one per answer: {len(conversations)} conversations "
-                           f"x n_per_prompt={n_per_prompt} = {n_out}")
+        raise BadInput(f"padding={padding!r} must be 'left' or 'none'")
+    seeds = _check_seeds(seeds, len(conversations), n_per_prompt)
     if len(conversations) == 0:
         return []
     adapter = as_adapter(model)
-    tok = adapter.tokenizer
     rows = [adapter.encode_text(adapter.format_chat(_as_messages(c))) for c in conversations]
-
-    stops = [int(t) for t in (stop_token_ids or [])]
-    if tok.eos_token_id is not None and tok.eos_token_id not in stops:
-        stops.insert(0, int(tok.eos_token_id))
-    if not stops:
-        raise ValueError("the tokenizer has no EOS token; pass stop_token_ids=[...]")
-    n_ctx = int(getattr(adapter.model.cfg, "n_ctx", 0) or 0)
-    new_tokens: list[int] = []
-    for r in rows:
-        if n_ctx and len(r) >= n_ctx:
-            raise ValueError(f"a prompt has {len(r)} tokens, no room left in the model's context of {n_ctx}")
-        new_tokens.append(min(max_new_tokens, n_ctx - len(r)) if n_ctx else max_new_tokens)
-
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
-    bridge = adapter.is_bridge
-    if bridge:
+    stops = _stop_ids(adapter.tokenizer, stop_token_ids)
+    new_tokens = _room(adapter, rows, dec.max_new_tokens)
+    pad_id = adapter.tokenizer.pad_token_id if adapter.tokenizer.pad_token_id is not None else stops[0]
+    if adapter.is_bridge:
         check_bridge_cache(adapter.model)
-    paddable = [padding == "left" and n == max_new_tokens for n in new_tokens]
-    if padding == "left" and not bridge:
-        paddable = [ok and _left_pad_reads_back(adapter, r, int(pad_id)) for ok, r in zip(paddable, rows)]
-
+    paddable = [padding == "left" and n == dec.max_new_tokens and (adapter.is_bridge or _left_pad_reads_back(
+        adapter, r, int(pad_id))) for n, r in zip(new_tokens, rows)]
     # Jobs (prompt index, sample index), conversation-major; batches of job indices.
     jobs = [(i, j) for i in range(len(rows)) for j in range(n_per_prompt)]
     batches = plan_batches([len(rows[i]) for i, _ in jobs], batch_size, padded=[paddable[i] for i, _ in jobs])
-    out: list[str | None] = [None] * len(jobs)
-
-    device = adapter.device
-    own_streams = seeds is not None and temperature > 0
-    logits_hook = _logits_hook_name(adapter) if own_streams else ""
-    fork_devices = [device] if device.type == "cuda" else []
+    out: list[str] = [""] * len(jobs)
+    own_streams = seeds is not None and dec.temperature > 0
+    fork_devices = [adapter.device] if adapter.device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), torch.no_grad():
         torch.manual_seed(seed)
         per_batch = callable(fwd_hooks)
         with adapter.model.hooks(fwd_hooks=[] if per_batch else list(fwd_hooks)):  # type: ignore[arg-type]
             for chunk in batches:
-                seqs = [rows[jobs[k][0]] for k in chunk]
-                width = max(len(r) for r in seqs)
-                pads = [width - len(r) for r in seqs]
-                toks = torch.full((len(seqs), width), int(pad_id), dtype=torch.long)
-                for b, r in enumerate(seqs):
-                    toks[b, pads[b]:] = torch.tensor(r, dtype=torch.long)
-                toks = toks.to(device)
-                kwargs: dict[str, Any] = {}
-                if bridge:
-                    am = torch.ones_like(toks)
-                    for b, p in enumerate(pads):
-                        am[b, :p] = 0
-                    kwargs["attention_mask"] = am
-                else:
-                    kwargs["padding_side"] = "left"
                 batch_hooks = list(fwd_hooks(torch.tensor(chunk))) if per_batch else []  # type: ignore[operator]
                 if own_streams:
-                    batch_hooks.append((logits_hook, _GumbelSampler(
-                        [seeds[k] for k in chunk], device, temperature, top_p, top_k)))  # type: ignore[index]
-                with adapter.model.hooks(fwd_hooks=batch_hooks), Positions.left_padded(pads):
-                    gen = adapter.model.generate(
-                        toks,
-                        max_new_tokens=new_tokens[jobs[chunk[0]][0]],
-                        stop_at_eos=True,
-                        eos_token_id=stops if len(stops) > 1 else stops[0],
-                        do_sample=temperature > 0 and not own_streams,
-                        temperature=temperature if temperature > 0 else 1.0,
-                        top_p=top_p if top_p < 1.0 else None,
-                        top_k=top_k,
-                        use_past_kv_cache=True,
-                        verbose=False,
-                        return_type="tokens",
-                        **kwargs,
-                    )
-                for k, seq in zip(chunk, gen[:, width:].tolist()):
-                    cut = next((p for p, t in enumerate(seq) if t in stops), len(seq))
-                    out[k] = tok.decode(seq[:cut], skip_special_tokens=True).strip()
-    return [s if s is not None else "" for s in out]
+                    batch_hooks.append((_logits_hook_name(adapter), _GumbelSampler(
+                        [seeds[k] for k in chunk], adapter.device, dec.temperature, dec.top_p, dec.top_k)))  # type: ignore[index]
+                seqs = [rows[jobs[k][0]] for k in chunk]
+                answers = _generate_batch(adapter, seqs, int(pad_id), stops, new_tokens[jobs[chunk[0]][0]], dec,
+                                          own_streams, batch_hooks)
+                for k, a in zip(chunk, answers):
+                    out[k] = a
+    return out
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """How :func:`sample` decodes: answer length, temperature and the top-k / top-p filters."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int | None
+
+
+def _check_seeds(seeds: Sequence[int] | Tensor | None, n_conversations: int, n_per_prompt: int) -> list[int] | None:
+    """``seeds`` as one integer per answer, or None; a wrong count or type is an error naming both."""
+    if seeds is None:
+        return None
+    n_out = n_conversations * n_per_prompt
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, Tensor)):
+        raise BadInput(f"seeds={seeds!r:.60} must be a list of integers, one per answer")
+    out = [int(x) for x in (seeds.tolist() if isinstance(seeds, Tensor) else seeds)]
+    if len(out) != n_out:
+        raise BadInput(f"seeds has {len(out)} entries; need one per answer: {n_conversations} conversations "
+                       f"x n_per_prompt={n_per_prompt} = {n_out}")
+    return out
+
+
+def _stop_ids(tok: Any, stop_token_ids: Sequence[int] | None) -> list[int]:
+    """The tokens that end an answer: the tokenizer's EOS first, then ``stop_token_ids``."""
+    stops = [int(t) for t in (stop_token_ids or [])]
+    if tok.eos_token_id is not None and tok.eos_token_id not in stops:
+        stops.insert(0, int(tok.eos_token_id))
+    if not stops:
+        raise BadInput("the tokenizer has no EOS token; pass stop_token_ids=[...]")
+    return stops
+
+
+def _room(adapter: Any, rows: Sequence[Sequence[int]], max_new_tokens: int) -> list[int]:
+    """New tokens each prompt may have: ``max_new_tokens``, clipped to the model's context."""
+    n_ctx = int(getattr(adapter.model.cfg, "n_ctx", 0) or 0)
+    out = []
+    for r in rows:
+        if n_ctx and len(r) >= n_ctx:
+            raise BadInput(f"a prompt has {len(r)} tokens, no room left in the model's context of {n_ctx}")
+        out.append(min(max_new_tokens, n_ctx - len(r)) if n_ctx else max_new_tokens)
+    return out
+
+
+def _generate_batch(adapter: Any, seqs: Sequence[Sequence[int]], pad_id: int, stops: Sequence[int], new: int,
+                    dec: _Decoding, own_streams: bool, batch_hooks: list[Any]) -> list[str]:
+    """One left-padded ``generate`` call (see the module docstring) and its decoded answers."""
+    width = max(len(r) for r in seqs)
+    pads = [width - len(r) for r in seqs]
+    toks = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for b, r in enumerate(seqs):
+        toks[b, pads[b]:] = torch.tensor(r, dtype=torch.long)
+    toks = toks.to(adapter.device)
+    kwargs: dict[str, Any] = {}
+    if adapter.is_bridge:
+        am = torch.ones_like(toks)
+        for b, p in enumerate(pads):
+            am[b, :p] = 0
+        kwargs["attention_mask"] = am
+    else:
+        kwargs["padding_side"] = "left"
+    with adapter.model.hooks(fwd_hooks=batch_hooks), Positions.left_padded(pads):
+        gen = adapter.model.generate(
+            toks, max_new_tokens=new, stop_at_eos=True, eos_token_id=list(stops) if len(stops) > 1 else stops[0],
+            do_sample=dec.temperature > 0 and not own_streams,
+            temperature=dec.temperature if dec.temperature > 0 else 1.0,
+            top_p=dec.top_p if dec.top_p < 1.0 else None, top_k=dec.top_k, use_past_kv_cache=True, verbose=False,
+            return_type="tokens", **kwargs)
+    out = []
+    for seq in gen[:, width:].tolist():
+        cut = next((p for p, t in enumerate(seq) if t in stops), len(seq))
+        out.append(adapter.tokenizer.decode(seq[:cut], skip_special_tokens=True).strip())
+    return out
 
 
 _CACHE_CHECKED: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -317,7 +341,7 @@ def to_judge_items(
     ``meta`` holds ``prompt_index`` and ``sample_index``.
     """
     if len(answers) != len(conversations) * n_per_prompt:
-        raise ValueError(
+        raise BadInput(
             f"{len(answers)} answers for {len(conversations)} conversations x n_per_prompt={n_per_prompt}"
         )
     items = []

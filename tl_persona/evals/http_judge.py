@@ -177,7 +177,7 @@ class _Secret:
     __str__ = __repr__
 
     def __reduce__(self) -> Any:
-        raise TypeError("an OpenAIJudge API key is not pickled; build the judge again where it is needed")
+        raise BadInput("an OpenAIJudge API key is not pickled; build the judge again where it is needed")
 
 
 class _RedactKeys(logging.Filter):
