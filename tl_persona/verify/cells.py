@@ -83,6 +83,9 @@ class SettingResult:
     incoherent: Rate
     labels: dict[str, Rate]
     n: int
+    answers: tuple[Mapping[str, Any], ...] = field(default=(), compare=False, repr=False)
+    """The judged answers the rates were computed from (question, answer, aligned, coherent, label),
+    prompt-major; empty for a result read back from a record (the answers log keeps them)."""
 
     def to_row(self) -> dict[str, Any]:
         """The setting's row of :meth:`Verification.table`."""

@@ -140,7 +140,9 @@ class Sampling:
 @dataclass(frozen=True)
 class Execution:
     """Where and how a sweep runs. ``hook_name``: override the SAE's hook (one SAE only).
-    ``record``: a JSON-lines file of finished settings; a re-run skips them. ``progress``: called
+    ``record``: a JSON-lines file of finished settings; a re-run skips them. ``answers``: a JSON-lines
+    file that keeps every judged answer of each setting run (what its rates were computed from; on
+    rank 0 of a distributed sweep, the settings that rank ran). ``progress``: called
     with a line per step. ``device``: each model is moved there only for its own settings (two
     models that do not fit together). ``distributed``: with an initialized ``torch.distributed``
     group (unless False), the settings are split over its ranks and every rank returns the whole
@@ -148,6 +150,7 @@ class Execution:
 
     hook_name: str | None = None
     record: str | os.PathLike | None = None
+    answers: str | os.PathLike | None = None
     progress: Callable[[str], None] | None = None
     device: torch.device | str | None = None
     distributed: bool | None = None
@@ -157,8 +160,10 @@ class Execution:
             raise BadInput(f"distributed={self.distributed!r} must be None (automatic), True or False")
         if self.device is not None:
             object.__setattr__(self, "device", torch.device(self.device))
-        if self.record is not None and not isinstance(self.record, (str, os.PathLike)):
-            raise BadInput(f"record={self.record!r} must be a file path (str or pathlib.Path) or None")
+        for name in ("record", "answers"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, (str, os.PathLike)):
+                raise BadInput(f"{name}={v!r} must be a file path (str or pathlib.Path) or None")
 
     def say(self, line: str) -> None:
         """Report progress (a no-op without a ``progress`` callable)."""

@@ -91,15 +91,42 @@ class Record:
                 )
             self.done[r.setting.key] = r
 
+    answers_path: Path | None = None
+
     def add(self, r: SettingResult) -> None:
         self.done[r.setting.key] = r
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            line = json.dumps({"fingerprint": self.fingerprint, "result": r.to_json()})
-            new = not self.path.exists()
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            if new:
-                follow_umask(self.path)
+            _append(self.path, {"fingerprint": self.fingerprint, "result": r.to_json()})
+        if self.answers_path is not None and r.answers:
+            _append(self.answers_path, {"fingerprint": self.fingerprint, "setting": r.setting.key,
+                                        "answers": list(r.answers)})
+
+
+def _append(path: Path, obj: Any) -> None:
+    """One JSON line appended and flushed to disk (a crash leaves at most a torn last line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(obj) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    if new:
+        follow_umask(path)
+
+
+def read_answers(path: str | os.PathLike, fingerprint: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The answers log of a sweep (:class:`~tl_persona.verify.Execution` ``answers``): each setting's
+    judged answers by setting key, the last entry of a setting winning; with ``fingerprint``, only
+    that sweep's. A torn last line is skipped."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    p = Path(path)
+    if not p.exists():
+        return out
+    for line in read_utf8(p).split("\n"):
+        try:
+            d = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if d and (fingerprint is None or d.get("fingerprint") == fingerprint):
+            out[d["setting"]] = d["answers"]
+    return out

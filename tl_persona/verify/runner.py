@@ -9,7 +9,7 @@ does not depend on which other settings share its batches.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -72,7 +72,9 @@ def evaluate(
         model, list(prompts), n_per_prompt=n_samples, temperature=temperature, top_p=top_p,
         max_new_tokens=max_new_tokens, seed=seed, fwd_hooks=fwd_hooks, batch_size=batch_size, seeds=seeds,
     )
-    judgements = judge_all(judge, to_judge_items(list(prompts), answers, n_samples))
+    items = to_judge_items(list(prompts), answers, n_samples)
+    judgements = [replace(j, meta={**j.meta, "question": it.question, "answer": it.answer})
+                  for j, it in zip(judge_all(judge, items), items)]  # the answer each verdict is about
     return summarize(judgements, n_boot=n_boot, seed=seed), judgements
 
 
@@ -149,4 +151,7 @@ def row_seeds(s: Setting, n_prompts: int, n_samples: int, seed: int) -> list[int
 
 def _result(s: Setting, rates: dict[str, Rate], js: Sequence[Judgement]) -> SettingResult:
     labels = {k.removeprefix("label:"): v for k, v in rates.items() if k.startswith("label:")}
-    return SettingResult(s, rates["misaligned"], rates["misaligned_coherent"], rates["incoherent"], labels, len(js))
+    answers = tuple({"question": j.meta.get("question"), "answer": j.meta.get("answer"), "aligned": j.aligned,
+                     "coherent": j.coherent, "label": j.label} for j in js)
+    return SettingResult(s, rates["misaligned"], rates["misaligned_coherent"], rates["incoherent"], labels, len(js),
+                         answers)

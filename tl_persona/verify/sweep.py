@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -73,6 +74,8 @@ def verify_latents(
     fingerprint = _fingerprint(base, finetuned, list(plan.saes.values()), prompts, sampling, judge)
     rank, world = dist_info() if execution.distributed is not False else (0, 1)
     rec = Record.shared(execution.record, fingerprint, rank, world)
+    if execution.answers is not None and rank == 0:
+        rec.answers_path = Path(execution.answers)
     models = {"base": base, "finetuned": finetuned}
 
     def stage(k: int) -> Stage:
