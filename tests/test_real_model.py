@@ -249,3 +249,20 @@ def test_tl_persona_run_on_the_real_model(lora_folder, sae, tmp_path, capsys, mo
 
     shown = markup.unescape(html)
     assert all(a["answer"][:40] in shown for a in base)  # the report shows the model's own English
+
+
+def test_gguf_model_runs_its_own_forward_like_the_folder(hf):
+    """The GGUF path rebuilds the model without its quantization config; buffers that are not in the state
+    dict (rotary ``inv_freq``) must come along, or Hugging Face's own forward (fine-tuning, ``generate``)
+    fails on a copy. The dequantized model computes what the converted folder does."""
+    import copy
+
+    from tl_persona.loading import load_hf
+
+    model, tok = hf
+    gguf, _, _ = load_hf(testing.SMOLLM2)
+    assert not [n for n, b in gguf.named_buffers() if b.is_meta]
+    ids = torch.tensor([_chat_ids(tok, [{"role": "user", "content": QUESTIONS[0]}])])
+    with torch.no_grad():
+        ref = model(ids).logits
+        assert torch.allclose(copy.deepcopy(gguf)(ids).logits, ref, atol=1e-4)

@@ -33,7 +33,7 @@ import torch
 
 from tl_persona.validate import BadInput
 
-__all__ = ["load_model", "load_sae", "load_hf", "convert_gguf", "find_gguf", "HubUnavailable"]
+__all__ = ["load_model", "load_sae", "load_hf", "from_hf", "convert_gguf", "find_gguf", "HubUnavailable"]
 
 ModelClass = Literal["hooked", "bridge"]
 
@@ -113,6 +113,11 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(plain_cfg, dtype=dtype)
     model.load_state_dict(quant.state_dict(), strict=True, assign=True)
+    real = dict(quant.named_buffers())
+    for name, buf in list(model.named_buffers()):  # non-persistent buffers (rotary inv_freq) are not in
+        if buf.is_meta:                            # the state dict: take them from the loaded model
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner)._buffers[attr] = real[name]
     model.tie_weights()
     model.config.name_or_path = str(path)
     model.config.architectures = [type(model).__name__]
@@ -275,10 +280,9 @@ def load_model(
     local = spec.startswith("pkg:") or Path(spec).exists()
     if local:
         hf_model, tok, name = load_hf(spec, torch_dtype)
-        if model_class == "bridge":
-            return _bridge_from_hf(hf_model, tok, name, processing, device, torch_dtype)
         if base_name is None:
-            return _hooked_from_hf(hf_model, tok, name, processing, device, torch_dtype)
+            return from_hf(hf_model, tok, name=name, model_class=model_class, processing=processing,
+                           device=device, dtype=torch_dtype)
         return _hooked_official(base_name, processing, device, torch_dtype, hf_model=hf_model, tokenizer=tok)
     try:
         if model_class == "bridge":
@@ -291,6 +295,28 @@ def load_model(
         return _hooked_official(spec, processing, device, torch_dtype)
     except OSError as err:
         raise _hub_error(spec, err, "model") from err
+
+
+def from_hf(
+    hf_model: Any,
+    tokenizer: Any,
+    *,
+    name: str = "model",
+    model_class: ModelClass = "hooked",
+    processing: bool = False,
+    device: str | None = None,
+    dtype: str | torch.dtype = "float32",
+) -> Any:
+    """A transformers model already in memory as a ``HookedTransformer`` or ``TransformerBridge``.
+
+    Why: a model changed in memory (a LoRA adapter merged into a copy of the base, a fine-tune that
+    just ran) needs no round trip through the disk; conversion is the one :func:`load_model` uses
+    for local checkpoints (the model's own config, no hub)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if model_class not in ("hooked", "bridge"):
+        raise BadInput(f"model_class={model_class!r} must be 'hooked' or 'bridge'")
+    convert = _bridge_from_hf if model_class == "bridge" else _hooked_from_hf
+    return convert(hf_model, tokenizer, name, processing, device, _dtype(dtype))
 
 
 def _hooked_official(name: str, processing: bool, device: str, dtype: torch.dtype, **kw: Any) -> Any:
