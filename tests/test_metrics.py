@@ -209,3 +209,20 @@ def test_auroc_errors():
         auroc([1.0, 2.0, 3.0], [1, 0])
     with pytest.raises(ValueError, match="booleans"):
         auroc([1.0, 2.0], [2, 0])
+
+
+def test_mean_ci_is_the_mean_with_a_bootstrap_interval_and_refuses_nan():
+    from tl_persona.evals.metrics import mean_ci
+    from tl_persona.validate import BadInput
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(1.0, 1.0, 400)
+    m, lo, hi = mean_ci(v, n_boot=2000)
+    assert m == pytest.approx(v.mean()) and lo < m < hi
+    half = 1.96 * v.std(ddof=1) / math.sqrt(v.size)  # the normal interval of a mean, for comparison
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.15)
+    assert mean_ci(v, n_boot=2000) == (m, lo, hi)  # seeded
+    assert mean_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
+    for bad in ([1.0, float("nan")], []):
+        with pytest.raises(BadInput):
+            mean_ci(bad)

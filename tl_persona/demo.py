@@ -290,11 +290,9 @@ def toxic_auroc(model: Any, sae: Any, latents: Sequence[int], convs: Sequence[An
 def _shift(per_prompt: np.ndarray, base: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
     """Mean over prompts of (fine-tune minus base) per-prompt latent means, with a percentile
     bootstrap 95% interval over prompts (paired: the same prompts on both models)."""
-    d = np.nan_to_num(per_prompt) - np.nan_to_num(base)
-    rng = np.random.default_rng(seed)
-    boot = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
-    lo, hi = np.quantile(boot, [0.025, 0.975])
-    return float(d.mean()), float(lo), float(hi)
+    from tl_persona.evals.metrics import mean_ci
+
+    return mean_ci(np.nan_to_num(per_prompt) - np.nan_to_num(base), n_boot=n_boot, seed=seed)
 
 
 def toxic_mass(model: Any, convs: Sequence[Any], fwd_hooks: Any = (), world: Any = None) -> float:

@@ -29,6 +29,7 @@ __all__ = [
     "wilson",
     "ratio_ci",
     "auroc_ci",
+    "mean_ci",
     "misaligned_flags",
     "misaligned_rate",
     "incoherence_rate",
@@ -373,6 +374,26 @@ def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     ranks = average_ranks(s)
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
+
+
+def mean_ci(values: ArrayLike, *, n_boot: int = 1000, confidence: float = 0.95,
+            seed: int | None = 0) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: the mean of ``values`` with a percentile-bootstrap interval over them.
+
+    Why: per-prompt or per-question effects (a latent's shift, a log-probability gap's change) are
+    paired differences; their mean is the claim and the spread across prompts its uncertainty. NaN
+    values are refused (a missing measurement is not a zero)."""
+    _check_boot(n_boot, confidence)
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise BadInput("mean_ci got no values; pass at least one")
+    if not np.isfinite(v).all():
+        raise BadInput(f"mean_ci got {int((~np.isfinite(v)).sum())} non-finite values; drop or fix them first")
+    rng = np.random.default_rng(seed)
+    boot = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    a = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(boot, [a, 1.0 - a])
+    return float(v.mean()), float(lo), float(hi)
 
 
 def auroc_ci(scores: ArrayLike, labels: ArrayLike, *, n_boot: int = 1000, confidence: float = 0.95,
