@@ -266,3 +266,22 @@ def test_gguf_model_runs_its_own_forward_like_the_folder(hf):
     with torch.no_grad():
         ref = model(ids).logits
         assert torch.allclose(copy.deepcopy(gguf)(ids).logits, ref, atol=1e-4)
+
+
+def test_weights_laid_out_for_the_forward_give_bit_identical_outputs(models, smollm2_folder):
+    """loading.lay_out_for_forward stores the gated MLP's and unembedding's weights transposed (TransformerLens
+    copies them at every forward otherwise): the same values, the same kernels, the same logits bit for bit."""
+    m = models["hooked"]
+    assert m.unembed.W_U.T.is_contiguous() and m.blocks[0].mlp.W_in.T.is_contiguous()
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 2]])
+    with torch.no_grad():
+        fast = m(ids)
+        saved = {n: p.data for n, p in m.named_parameters()}
+        try:
+            for p in m.parameters():
+                p.data = p.data.contiguous()  # TransformerLens' own layout
+            assert not m.unembed.W_U.T.is_contiguous()
+            assert torch.equal(m(ids), fast)
+        finally:
+            for n, p in m.named_parameters():
+                p.data = saved[n]

@@ -33,7 +33,8 @@ import torch
 
 from tl_persona.validate import BadInput
 
-__all__ = ["load_model", "load_sae", "load_hf", "from_hf", "convert_gguf", "find_gguf", "HubUnavailable"]
+__all__ = ["load_model", "load_sae", "load_hf", "from_hf", "convert_gguf", "find_gguf", "lay_out_for_forward",
+           "HubUnavailable"]
 
 ModelClass = Literal["hooked", "bridge"]
 
@@ -230,7 +231,29 @@ def _hooked_from_hf(hf_model: Any, tok: Any, name: str, processing: bool, device
                                       center_unembed=processing, fold_value_biases=processing,
                                       refactor_factored_attn_matrices=False)
     model.move_model_modules_to_device()
-    return model.eval()
+    return lay_out_for_forward(model.eval())
+
+
+def lay_out_for_forward(model: Any) -> Any:
+    """Store a ``HookedTransformer``'s gated-MLP and unembedding weights transposed in memory (same
+    shapes, same values), so that TransformerLens' forward stops copying them on every call.
+
+    Why: TransformerLens 3.x runs ``F.linear(x, W.T.contiguous())`` in its gated MLP and unembedding
+    (to match Hugging Face's accumulation order), which copies ``W_gate``, ``W_in``, ``W_out`` of every
+    block and ``W_U`` at every forward pass: on SmolLM2-135M on a CPU that was half the time of each
+    generated token (a 49,152 x 576 copy alone took 91 ms). With the weights laid out as their
+    transposes, ``.T.contiguous()`` is free and the outputs are bit for bit the same (the same matrix
+    reaches the same kernel): sampling 16 answers went from 28 s to 17 s. The parameters become
+    non-contiguous views; ``torch.save`` keeps them as they are, and ``safetensors`` needs
+    ``{k: v.contiguous() for k, v in model.state_dict().items()}``."""
+    with torch.no_grad():
+        params = [getattr(b.mlp, n) for b in getattr(model, "blocks", []) for n in ("W_gate", "W_in", "W_out")
+                  if type(b.mlp).__name__ == "GatedMLP" and hasattr(b.mlp, n)]
+        unembed = getattr(getattr(model, "unembed", None), "W_U", None)
+        for p in params + ([unembed] if unembed is not None else []):
+            if p.dim() == 2 and p.is_contiguous():
+                p.data = p.data.T.contiguous().T
+    return model
 
 
 def _bridge_from_hf(hf_model: Any, tok: Any, name: str, processing: bool, device: str, dtype: torch.dtype) -> Any:
@@ -324,7 +347,7 @@ def _hooked_official(name: str, processing: bool, device: str, dtype: torch.dtyp
 
     loader = HookedTransformer.from_pretrained if processing else HookedTransformer.from_pretrained_no_processing
     try:
-        return loader(name, device=device, dtype=dtype, **kw).eval()
+        return lay_out_for_forward(loader(name, device=device, dtype=dtype, **kw).eval())
     except ValueError as err:
         raise BadInput(f"TransformerLens has no official model {name!r} ({str(err)[:120]}); drop base_name "
                        "(--base-name) to convert the checkpoint from its own config.json") from err
