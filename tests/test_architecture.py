@@ -275,7 +275,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("analyses", frozenset({"diff", "inspection", "verify", "vectors", "screening"})),
     ("organism", frozenset({"organism"})),
     ("experiments", frozenset({"series", "attribution", "prevention", "demo"})),
-    ("entry points", frozenset({"loading", "prompt_specs", "run", "cli", "testing"})),
+    ("entry points", frozenset({"loading", "prompt_specs", "run", "cli", "testing", "smollm2"})),
 )
 
 

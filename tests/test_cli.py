@@ -192,3 +192,20 @@ def test_lora_without_peft_says_how_to_install_it(local, lora, capsys, monkeypat
     rc = main(["generate", "--model", str(lora[0]), "--model-class", "bridge", "--device", "cpu", "--prompt", "w1 w2"])
     err = capsys.readouterr().err
     assert rc == 2 and str(lora[0]) in err and "pip install peft" in err
+
+
+def test_demo_options_of_one_model_are_refused_with_the_other(tmp_path, capsys):
+    """`demo` takes the organism's options or SmolLM2's, never a mix: one line, exit 2, before any work."""
+    out = str(tmp_path / "r")
+    for argv, words in (
+        (["demo", "--rebuild", "--out", out], ["--model smollm2"]),
+        (["demo", "--tiny", "--out", out], ["--model smollm2"]),
+        (["demo", "--judge", "openai", "--out", out], ["--model smollm2"]),
+        (["demo", "--model", "smollm2", "--quick", "--out", out], ["--tiny"]),
+        (["demo", "--model", "smollm2", "--rebuild", "--weights", out, "--out", out], ["drop --weights"]),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert all(w in err for w in words), err
+    assert not (tmp_path / "r").exists()

@@ -245,3 +245,17 @@ def test_cli_page_documents_every_command_and_option():
                     missing.append(f"command {name}")
                 options(sub, name)
     assert not missing, f"docs/cli.md does not mention: {missing}"
+
+
+def test_smollm2_page_quotes_the_recorded_run():
+    """docs/smollm2.md states what benchmarks/smollm2_paper.json recorded: every claim's measured value,
+    the verdict count, the wall time and the peak memory (so the page cannot drift from the run)."""
+    import json
+
+    rec = json.loads((DOCS.parent / "benchmarks" / "smollm2_paper.json").read_text())
+    text = (DOCS / "smollm2.md").read_text()
+    missing = [c["measured"] for c in rec["claims"] if c["measured"] not in text]
+    assert not missing, f"docs/smollm2.md does not quote these measured values of the recorded run: {missing}"
+    met = sum(c["met"] for c in rec["claims"])
+    assert f"{met} of {len(rec['claims'])}" in text
+    assert f"{rec['run']['wall_s_median']:.0f} s" in text and f"{rec['run']['peak_rss_mb']} MB" in text

