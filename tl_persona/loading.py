@@ -303,7 +303,7 @@ def load_model(
     local = spec.startswith("pkg:") or Path(spec).exists()
     if local:
         hf_model, tok, name = load_hf(spec, torch_dtype)
-        if base_name is None:
+        if base_name is None or model_class == "bridge":  # a bridge runs the checkpoint's own architecture
             return from_hf(hf_model, tok, name=name, model_class=model_class, processing=processing,
                            device=device, dtype=torch_dtype)
         return _hooked_official(base_name, processing, device, torch_dtype, hf_model=hf_model, tokenizer=tok)
