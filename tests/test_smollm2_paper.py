@@ -132,6 +132,27 @@ def test_tiny_pipeline_numbers_come_from_what_the_report_shows(tiny_run):
     assert sum(w.isalpha() for w in words) >= 10
 
 
+def test_tiny_report_reads_right_in_a_real_browser(tiny_run, browser):
+    """The SmolLM2 report as a person sees it at 1280 px: every section in order, a latent card per
+    candidate, the figure shown, nothing wider than the window, nothing fetched, a clean console."""
+    from conftest import look_at_page
+
+    out, res = tiny_run
+    seen = look_at_page(browser, out / "report.html")
+    assert seen["headings"] == [
+        "Claims", "Setup: the SAE and the fine-tunes (build.json)",
+        "1. Misalignment: the log-probability preference test",
+        "2. Model diffing (bad fine-tune vs base, last prompt token)", "3. Causal tests (off-domain gap change, 95% CI)",
+        "4. The persona vector", "5. Prediction and 6. re-alignment (candidate latents' shift, last prompt token)",
+        "Sampled answers", "Timings (s)"], seen["headings"]
+    assert seen["cards"] == len(res.data["cards"]) >= 1 and seen["shadedTokens"] > 0, seen
+    assert seen["images"] and all(ok and w > 0 and right <= seen["innerWidth"]
+                                  for _, ok, w, right in seen["images"]), seen["images"]
+    assert seen["scrollWidth"] <= seen["innerWidth"] and seen["wideTables"] == 0, seen
+    assert all(u.startswith("data:") for u in seen["resources"]), seen["resources"]
+    assert seen["errors"] == []
+
+
 def test_tiny_build_writes_a_folder_the_pipeline_loads(tmp_path):
     """The recipe end to end at tiny size (SAE-Lens' trainer, four peft fine-tunes), into a new folder
     that is never overwritten; the pipeline's loader reads it back (SAE in float32, adapters merged,
