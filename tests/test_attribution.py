@@ -85,6 +85,51 @@ def test_logprob_gap_objective_ranks_the_planted_latent(planted):
     assert a.objective > 0  # the fine-tune prefers the bad answer
 
 
+def _by_hand(model, conv, answer):
+    """log p(answer | conv) from the full logits, the definition the objectives must keep."""
+    from tl_persona.models import as_adapter
+
+    ad = as_adapter(model)
+    prompt = ad.encode_text(ad.format_chat(conv))
+    full = ad.encode_text(ad.format_chat(conv + [{"role": "assistant", "content": answer}], add_generation_prompt=False))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([full]), return_type="logits")[0].float(), -1)
+    return sum(float(logp[t - 1, full[t]]) for t in range(len(prompt), len(full)))
+
+
+def test_objectives_read_only_the_positions_they_need_and_equal_the_full_logits(planted):
+    """The objectives stop the pass after the last block and unembed only the answer (or last) positions;
+    the numbers equal the definition from full logits, per item and in batches of mixed lengths. A hook at
+    the unembedding (which must see every position) takes the full-logits path, with the same numbers."""
+    from tl_persona.models import as_adapter
+
+    base, ft, sae, bad = planted
+    items = [(p, f"{BAD} w{i} {BAD}" if i % 2 else BAD, "w3 w4 w5 w6"[: 2 + 3 * i]) for i, p in enumerate(PROMPTS[:5])]
+    want = torch.tensor([_by_hand(ft, c, m) - _by_hand(ft, c, a) for c, m, a in items], dtype=torch.float32)
+    shapes = []
+    spy = ft.unembed.register_forward_pre_hook(lambda mod, args: shapes.append(tuple(args[0].shape)))
+    try:
+        ad = as_adapter(ft)
+        with torch.no_grad():
+            fast = logprob_gap()(ad, items)
+            assert shapes and all(s[0] == 1 for s in shapes), shapes  # only the chosen positions were unembedded
+            shapes.clear()
+            with H.apply(ft, [("unembed.hook_out", lambda x, hook: x)]):
+                full = logprob_gap()(ad, items)
+            assert shapes and all(s[0] == len(items) for s in shapes), shapes
+            mass = token_mass([bad])(ad, [c for c, _, _ in items])
+    finally:
+        spy.remove()
+    assert torch.allclose(fast, want, atol=1e-4) and torch.allclose(full, want, atol=1e-4), (fast, full, want)
+    for (c, _, _), m in zip(items, mass):
+        ad = as_adapter(ft)
+        row = ad.encode_text(ad.format_chat(c))
+        with torch.no_grad():
+            p = torch.softmax(ft(torch.tensor([row]), return_type="logits")[0, -1].float(), -1)[bad]
+        assert float(m) == pytest.approx(float(p), rel=1e-5)
+    assert H.hooks_attached(ft) == []
+
+
 def test_attribute_bad_inputs(planted):
     base, ft, sae, bad = planted
     obj = token_mass([bad])

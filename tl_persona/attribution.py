@@ -75,12 +75,30 @@ def _conversation(item: Any, where: str) -> list[Message]:
     return conv
 
 
+def _logits_at(adapter: Any, tokens: Int[Tensor, "batch pos"], rows: Sequence[int],
+               cols: Sequence[int]) -> Float[Tensor, "k d_vocab"]:
+    """The model's logits (float32) at the positions ``(rows[i], cols[i])`` of ``tokens``, in that order.
+
+    Why: the unembedding and its ``[batch, pos, d_vocab]`` output are a large part of a small model's
+    forward (SmolLM2: a 49,152 x 576 matrix beside 30 blocks of 576 wide), and an objective reads a few
+    positions of it. On a ``HookedTransformer`` with no hook at the final norm or the unembedding, the
+    pass stops after the last block and only the chosen positions go through ``ln_final`` and
+    ``unembed`` (the same modules: the same numbers to float rounding, gradients included); otherwise
+    the full logits are computed and indexed."""
+    model = adapter.model
+    r = torch.as_tensor(list(rows), dtype=torch.long, device=tokens.device)
+    c = torch.as_tensor(list(cols), dtype=torch.long, device=tokens.device)
+    at_head = any(n.split(".")[0] in ("ln_final", "unembed") for n in H.hooks_attached(model))
+    if adapter.is_bridge or at_head or not hasattr(model, "ln_final"):
+        return model(tokens, return_type="logits")[r, c].float()
+    x = model(tokens, stop_at_layer=model.cfg.n_layers)
+    return model.unembed(model.ln_final(x[r, c][None]))[0].float()
+
+
 def _last_logits(adapter: Any, rows: Sequence[Sequence[int]]) -> Tensor:
     """Logits at each row's last real token, rows right-padded into one forward."""
     batch = adapter.pad(rows)
-    logits = adapter.model(batch.tokens, return_type="logits")
-    last = batch.lengths.to(logits.device) - 1
-    return logits[torch.arange(len(rows), device=logits.device), last].float()
+    return _logits_at(adapter, batch.tokens, range(len(rows)), [len(r) - 1 for r in rows])
 
 
 def token_mass(token_ids: Sequence[int], *, log: bool = False) -> Objective:
@@ -125,13 +143,13 @@ def logprob_gap() -> Objective:
             rows.append(full)
             starts.append(len(prompt))
         batch = adapter.pad(rows)
-        logp = F.log_softmax(adapter.model(batch.tokens, return_type="logits")[:, :-1].float(), dim=-1)
-        tok = batch.tokens[:, 1:].to(logp.device)
-        lp = logp.gather(-1, tok[..., None])[..., 0]
-        pos = torch.arange(1, batch.tokens.shape[1], device=lp.device)[None, :]
-        s = torch.tensor(starts, device=lp.device)[:, None]
-        keep = (pos >= s) & batch.attention_mask[:, 1:].to(lp.device)
-        return (lp * keep).sum(-1)
+        which = [(i, t) for i, (r, s) in enumerate(zip(rows, starts)) for t in range(s, len(r))]  # answer tokens
+        b, t = (list(x) for x in zip(*which))
+        logp = F.log_softmax(_logits_at(adapter, batch.tokens, b, [j - 1 for j in t]), dim=-1)
+        target = batch.tokens[b, t].to(logp.device)
+        lp = logp.gather(-1, target[:, None])[:, 0]
+        return torch.zeros(len(rows), dtype=lp.dtype, device=lp.device).index_add(
+            0, torch.tensor(b, device=lp.device), lp)
 
     def objective(adapter: Any, items: Sequence[Any]) -> Tensor:
         convs, bad, good = [], [], []
