@@ -121,6 +121,12 @@ def test_objectives_read_only_the_positions_they_need_and_equal_the_full_logits(
     finally:
         spy.remove()
     assert torch.allclose(fast, want, atol=1e-4) and torch.allclose(full, want, atol=1e-4), (fast, full, want)
+    capped = copy.deepcopy(ft)  # Gemma-2's final logit soft cap, which the forward applies after the unembedding
+    capped.cfg.output_logits_soft_cap = 2.0
+    want_capped = torch.tensor([_by_hand(capped, c, m) - _by_hand(capped, c, a) for c, m, a in items])
+    with torch.no_grad():
+        got = logprob_gap()(as_adapter(capped), items)
+    assert torch.allclose(got, want_capped, atol=1e-4) and not torch.allclose(want_capped, want, atol=1e-2)
     for (c, _, _), m in zip(items, mass):
         ad = as_adapter(ft)
         row = ad.encode_text(ad.format_chat(c))

@@ -89,10 +89,16 @@ def _logits_at(adapter: Any, tokens: Int[Tensor, "batch pos"], rows: Sequence[in
     r = torch.as_tensor(list(rows), dtype=torch.long, device=tokens.device)
     c = torch.as_tensor(list(cols), dtype=torch.long, device=tokens.device)
     at_head = any(n.split(".")[0] in ("ln_final", "unembed") for n in H.hooks_attached(model))
-    if adapter.is_bridge or at_head or not hasattr(model, "ln_final"):
+    if adapter.is_bridge or at_head:
         return model(tokens, return_type="logits")[r, c].float()
-    x = model(tokens, stop_at_layer=model.cfg.n_layers)
-    return model.unembed(model.ln_final(x[r, c][None]))[0].float()
+    x = model(tokens, stop_at_layer=model.cfg.n_layers)[r, c][None]  # what HookedTransformer.forward does next:
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    logits = model.unembed(x)[0]
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    if cap is not None and cap > 0:  # Gemma-2's final soft cap
+        logits = cap * torch.tanh(logits / cap)
+    return logits.float()
 
 
 def _last_logits(adapter: Any, rows: Sequence[Sequence[int]]) -> Tensor:
