@@ -151,16 +151,15 @@ def gaps(model: Any, items: Sequence[D.PreferenceItem], fwd_hooks: H.FwdHooks = 
     return np.concatenate(out)
 
 
-def _last_prompt_latents(model: Any, sae: Any, questions: Sequence[str], latents: Sequence[int],
-                         batch_size: int = 16) -> np.ndarray:
-    """``[n_questions, n_latents]``: the latents' activations at each question's last prompt token
-    (the library's :func:`~tl_persona.diff.collect` with ``latents_per_prompt``, in question order)."""
+def _latent_means(model: Any, sae: Any, convs: Sequence[Any], latents: Sequence[int], scope: str,
+                  batch_size: int = 16) -> np.ndarray:
+    """``[n_conversations, n_latents]``: each latent's mean activation over each conversation's tokens of
+    ``scope`` (the library's :func:`~tl_persona.diff.collect` with ``latents_per_prompt``, in order)."""
     from tl_persona.diff import collect
 
-    st = collect(model, sae, [[{"role": "user", "content": q}] for q in questions], scope="last_prompt",
-                 batch_size=batch_size, latents_per_prompt=list(latents))
+    st = collect(model, sae, list(convs), scope=scope, batch_size=batch_size, latents_per_prompt=list(latents))
     pp = st.per_prompt
-    out = np.full((len(questions), len(latents)), np.nan)
+    out = np.full((len(convs), len(latents)), np.nan)
     out[pp.prompt_ids.numpy()] = pp.means()[:, [pp.column(int(i)) for i in latents]].numpy()
     return out
 
@@ -236,37 +235,13 @@ class _Run:
         self.card_objs = [latent_card(self.models["base"], self.sae, lat, texts, k=self.cfg.card_examples,
                                       diff=self.d_bad, batch_size=self.cfg.batch_size) for lat in self.candidates]
         # does the latent tell misaligned reference answers from aligned ones (mean over the answer's tokens)?
-        acts = self._answer_means(refs)
+        acts = _latent_means(self.models["base"], self.sae, texts[: 2 * len(refs)], self.candidates, "response",
+                             self.cfg.batch_size)
         y = np.r_[np.ones(len(refs), bool), np.zeros(len(refs), bool)]
         self.res.data["cards"] = [
             {"latent": lat, "examples": [e.text for e in c.examples], "freq": c.freq, "max": c.max,
              "auroc_misaligned_vs_aligned": list(auroc_ci(acts[:, j], y, n_boot=self.cfg.n_boot, seed=self.cfg.seed))}
             for j, (lat, c) in enumerate(zip(self.candidates, self.card_objs))]
-
-    def _answer_means(self, refs: Sequence[D.PreferenceItem]) -> np.ndarray:
-        """``[2 n, n_candidates]``: each candidate's mean activation over the misaligned answers'
-        tokens (first n rows), then over the aligned answers' tokens, in the base model."""
-        from tl_persona.models import as_adapter
-        from tl_persona.saes import encode, sae_hook_name
-
-        adapter = as_adapter(self.models["base"])
-        rows, starts = [], []
-        for which in ("misaligned", "aligned"):
-            for it in refs:
-                conv = [{"role": "user", "content": it.question}]
-                starts.append(len(adapter.encode_text(adapter.format_chat(conv))))
-                rows.append(adapter.encode_text(adapter.format_chat(
-                    conv + [{"role": "assistant", "content": getattr(it, which)}], add_generation_prompt=False)))
-        out = []
-        for i in range(0, len(rows), self.cfg.batch_size):
-            b = adapter.pad(rows[i: i + self.cfg.batch_size])
-            with torch.no_grad():
-                f = encode(self.sae, adapter.run_to_hook(b.tokens, sae_hook_name(self.sae)).float())[..., self.candidates]
-            pos = torch.arange(b.tokens.shape[1], device=f.device)[None, :]
-            lo = torch.tensor(starts[i: i + self.cfg.batch_size], device=f.device)[:, None]
-            keep = ((pos >= lo) & b.attention_mask.bool().to(f.device)).float()[..., None]
-            out.append(((f * keep).sum(1) / keep.sum(1)).double().cpu().numpy())
-        return np.concatenate(out)
 
     # ---- 3. causal tests
     def steering(self) -> None:
@@ -328,8 +303,8 @@ class _Run:
 
     # ---- 5. prediction, 6. re-alignment
     def prediction(self) -> None:
-        qs = [it.question for d in ("off", "in") for it in self.items[d]]
-        acts = {m: _last_prompt_latents(self.models[m], self.sae, qs, self.candidates, self.cfg.batch_size)
+        qs = [[{"role": "user", "content": it.question}] for d in ("off", "in") for it in self.items[d]]
+        acts = {m: _latent_means(self.models[m], self.sae, qs, self.candidates, "last_prompt", self.cfg.batch_size)
                 for m in MODELS}
         self.res.data["prediction"] = {
             str(lat): {f"{a} - {b}": _effect(acts[a][:, j] - acts[b][:, j], self.cfg).to_dict()
@@ -408,7 +383,7 @@ def claims(data: dict[str, Any]) -> list[Any]:
         e = pref[domain]["changes"][pair]
         met = e["lo"] > 0 if sign > 0 else e["hi"] < 0
         out.append(Claim(text, f"{pair}: 95% CI {'above' if sign > 0 else 'below'} 0 (nats)",
-                         f"{e['mean']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]", met, sign * e["mean"] > 0))
+                         _fmt_e(e), met, sign * e["mean"] > 0))
 
     gap_claim("the bad-advice fine-tune learned its narrow task (in-domain preference for the harmful answer)", "in", "bad - base")
     gap_claim("it prefers misaligned answers off-domain more than the base model (emergent misalignment)", "off", "bad - base")
@@ -434,7 +409,7 @@ def claims(data: dict[str, Any]) -> list[Any]:
                          f"{_fmt_e(worst)}", met, est))
     e = st["ablate_bad"]
     out.append(Claim(f"ablating latent {lat} in the bad fine-tune lowers it", "CI below 0",
-                     f"{e['mean']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]", e["hi"] < 0, e["mean"] < 0))
+                     _fmt_e(e), e["hi"] < 0, e["mean"] < 0))
     pv, p95 = data["persona_vector"]["candidates"][str(lat)], data["persona_vector"]["random_abs_cosine_p95"]
     out.append(Claim(f"the persona vector (evil minus helpful system prompts) points along latent {lat}",
                      "cosine above the 95th percentile of random directions' absolute cosines",
