@@ -151,6 +151,11 @@ def test_tiny_report_reads_right_in_a_real_browser(tiny_run, browser):
     assert seen["scrollWidth"] <= seen["innerWidth"] and seen["wideTables"] == 0, seen
     assert all(u.startswith("data:") for u in seen["resources"]), seen["resources"]
     assert seen["errors"] == []
+    align = browser.execute_script(  # prose reads from the left; numbers line up on the right
+        "const a = (sel) => [...document.querySelectorAll(sel)].map(e => getComputedStyle(e).textAlign);"
+        "return {prose: a('td.prose'), other: a('td:not(.prose):not(:first-child)')};")
+    assert align["prose"] and set(align["prose"]) == {"left"}, align
+    assert align["other"] and set(align["other"]) == {"right"}, align
 
 
 def test_tiny_build_writes_a_folder_the_pipeline_loads(tmp_path):

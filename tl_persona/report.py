@@ -141,10 +141,14 @@ class Report:
                 rows, cols = b.payload
                 cols = cols or (list(rows[0].keys()) if rows else [])
                 cap = f"<caption>{html.escape(b.extra)}</caption>" if b.extra else ""
-                head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-                body = "".join(
-                    "<tr>" + "".join(f"<td>{_inline(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows
-                )
+                cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+                # prose columns (any cell over 40 characters: answers, claims) read from the left; numbers
+                # and short values stay right-aligned, lining up by their digits
+                prose = [any(len(row[j]) > 40 for row in cells) for j in range(len(cols))]
+                cls = [" class='prose'" if p else "" for p in prose]
+                head = "".join(f"<th{k}>{html.escape(str(c))}</th>" for c, k in zip(cols, cls))
+                body = "".join("<tr>" + "".join(f"<td{k}>{_inline(t)}</td>" for t, k in zip(row, cls)) + "</tr>"
+                               for row in cells)
                 parts.append(f"<div class='tw'><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
             elif b.kind == "figure":
                 name, png = b.payload
@@ -208,7 +212,7 @@ _CSS = (
     ".tw{max-width:100%;overflow-x:auto;margin:1em 0}"
     "table{border-collapse:collapse;font-size:0.85em;max-width:100%}td,th{border:1px solid #ccc;padding:3px 6px;"
     "text-align:right;vertical-align:top}th{background:#f3f3f3;overflow-wrap:normal;word-break:normal}"
-    "td:first-child,th:first-child{text-align:left}"
+    "td:first-child,th:first-child,.prose{text-align:left}"
     "pre{background:#f6f6f6;padding:0.8em;white-space:pre-wrap;font-size:0.85em}img{max-width:100%;height:auto}"
     "figure{margin:1em 0}figcaption,caption{color:#555;font-size:0.9em;margin:0.3em 0;text-align:left}"
     ".card{border:1px solid #ddd;border-radius:6px;padding:0.6em 1em;margin:1em 0}.card h3{margin:0.2em 0}"
